@@ -1,0 +1,85 @@
+"""What the quantizer knows about the LLaMA architecture, kept as data.
+
+Module names follow transformers' ``LlamaForCausalLM``: ``model.layers.{i}.self_attn.q_proj`` etc.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+LM_HEAD = "lm_head"
+ATTN_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class SmoothPair:
+    """An anti-outlier pair: scaling ``prev`` by 1/s and each of ``nexts`` input columns by s.
+
+    Names are relative to a decoder layer (``input_layernorm``, ``self_attn.q_proj``...).
+    ``kind`` is ``norm`` (prev is an RMSNorm) or ``linear`` (prev is a linear whose output rows
+    feed the next linears).
+    """
+
+    prev: str
+    nexts: tuple[str, ...]
+    kind: str
+
+
+NORM_PAIRS = (
+    SmoothPair("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "norm"),
+    SmoothPair("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "norm"),
+)
+LINEAR_PAIRS = (
+    SmoothPair("self_attn.v_proj", ("self_attn.o_proj",), "linear"),
+    SmoothPair("mlp.up_proj", ("mlp.down_proj",), "linear"),
+)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a LLaMA causal LM."""
+    return model.model.layers
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    return model.model.norm
+
+
+def norm_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every RMSNorm of the model by its full name, the final norm included."""
+    norms: dict[str, nn.Module] = {}
+    for i, layer in enumerate(decoder_layers(model)):
+        norms[f"model.layers.{i}.input_layernorm"] = layer.input_layernorm
+        norms[f"model.layers.{i}.post_attention_layernorm"] = layer.post_attention_layernorm
+    norms["model.norm"] = final_norm(model)
+    return norms
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Names of every quantizable linear, in module (execution) order, ``lm_head`` last."""
+    names = []
+    for i in range(len(decoder_layers(model))):
+        names += [f"model.layers.{i}.self_attn.{n}" for n in ATTN_LINEARS]
+        names += [f"model.layers.{i}.mlp.{n}" for n in MLP_LINEARS]
+    return [*names, LM_HEAD]
+
+
+def layer_index(name: str) -> int | None:
+    """The decoder layer index of a module name, or None for modules outside the layers."""
+    match = _LAYER_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name)
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``name``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)

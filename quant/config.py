@@ -1,0 +1,229 @@
+"""The one validated configuration object: every parameter of the reference's quant_llama.py.
+
+Both front doors (the ``quant-llama`` CLI and the Hydra app) build a :class:`QuantConfig`;
+validation happens in ``__post_init__`` so that no model is loaded for a bad config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from quant.errors import QuantInputError, invalid_value
+
+MODEL_TYPES = ("llama", "llama2", "llama3", "llama3.1_instruct", "llama3.1_fp")
+ANTI_METHODS = ("none", "m1", "m2", "m3", "m4", "m5", "m6")
+ACT_METHODS = (1, 2, 3)
+DEVICE_TYPES = ("cpu", "cuda", "npu")
+TP_SIZES = (1, 2, 4, 8, 16)
+GROUP_SIZES = (32, 64, 128, 256)
+W_BITS = (4, 8, 16)
+A_BITS = (8, 16)
+_LEVEL_RE = re.compile(r"^L(\d+)$")
+
+# Values accepted by validation but not built yet; removed as features land.
+IMPLEMENTED_ANTI_METHODS = ("none", "m1")
+IMPLEMENTED_ACT_METHODS = (1,)
+NOT_YET_IMPLEMENTED_FLAGS = (
+    "co_sparse",
+    "use_sigma",
+    "is_lowbit",
+    "use_kvcache_quant",
+    "use_fa_quant",
+    "is_dynamic",
+    "pdmix",
+    "mindie_format",
+)
+NOT_YET_IMPLEMENTED_NON_DEFAULTS = ("tp_size", "mm_tensor", "w_sym", "disable_threshold", "anti_calib_file")
+
+
+@dataclass
+class QuantConfig:
+    """A quantization recipe: the reference's parameters, same names, defaults and values.
+
+    ``anti_params`` (not in the reference) carries the tunable constants of the chosen
+    anti-outlier method (e.g. SmoothQuant's ``alpha``); empty means the reference's defaults.
+    """
+
+    model_path: str = ""
+    save_directory: str = ""
+    part_file_size: float | None = None
+    calib_texts: list[str] | None = None
+    calib_file: str | None = None
+    w_bit: int = 8
+    a_bit: int = 8
+    disable_names: list[str] | None = None
+    device_type: str = "cpu"
+    fraction: float = 0.01
+    act_method: int = 1
+    co_sparse: bool = False
+    anti_method: str = "none"
+    disable_level: str = "L0"
+    do_smooth: bool = False
+    use_sigma: bool = False
+    use_reduce_quant: bool = False
+    tp_size: int = 1
+    sigma_factor: float = 3.0
+    is_lowbit: bool = False
+    mm_tensor: bool = True
+    w_sym: bool = True
+    use_kvcache_quant: bool = False
+    use_fa_quant: bool = False
+    fa_amp: int = 0
+    is_dynamic: bool = False
+    input_ids_name: str = "input_ids"
+    attention_mask_name: str = "attention_mask"
+    tokenizer_args: dict[str, Any] | None = None
+    disable_last_linear: bool = True
+    model_name: str | None = None
+    model_type: str = "llama2"
+    anti_calib_file: str | None = None
+    trust_remote_code: bool = False
+    open_outlier: bool = True
+    group_size: int = 64
+    pdmix: bool = False
+    disable_threshold: float = 0.0
+    mindie_format: bool = False
+    # Harness extensions (not reference parameters).
+    anti_params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._validate_types()
+        self._validate_values()
+        self._validate_combinations()
+
+    # -- validation ---------------------------------------------------------------------
+
+    def _validate_types(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, bool):
+                raise invalid_value(f.name, value, "True, False")
+
+    def _validate_values(self) -> None:
+        _check_choice("w_bit", self.w_bit, W_BITS)
+        _check_choice("a_bit", self.a_bit, A_BITS)
+        _check_choice("act_method", self.act_method, ACT_METHODS)
+        _check_choice("anti_method", self.anti_method, ANTI_METHODS)
+        _check_choice("device_type", self.device_type, DEVICE_TYPES)
+        _check_choice("tp_size", self.tp_size, TP_SIZES)
+        _check_choice("group_size", self.group_size, GROUP_SIZES)
+        _check_choice("model_type", self.model_type, MODEL_TYPES)
+        if not isinstance(self.disable_level, str) or not _LEVEL_RE.match(self.disable_level):
+            raise invalid_value("disable_level", self.disable_level, "L<n> with n >= 0 (L0, L1, L5, ...)")
+        _check_range("fraction", self.fraction, 0.01, 0.1)
+        _check_range("sigma_factor", self.sigma_factor, 1.0, 3.0)
+        if not isinstance(self.fa_amp, int) or isinstance(self.fa_amp, bool) or self.fa_amp < 0:
+            raise invalid_value("fa_amp", self.fa_amp, "an integer >= 0")
+        if not _is_number(self.disable_threshold) or self.disable_threshold < 0:
+            raise invalid_value("disable_threshold", self.disable_threshold, "a number >= 0")
+        if self.part_file_size is not None and (not _is_number(self.part_file_size) or self.part_file_size <= 0):
+            raise invalid_value("part_file_size", self.part_file_size, "a number of GB > 0")
+        if self.disable_names is not None and (
+            not isinstance(self.disable_names, list) or not all(isinstance(n, str) for n in self.disable_names)
+        ):
+            raise invalid_value("disable_names", self.disable_names, "a list of module names")
+        if self.calib_texts is not None and (
+            not isinstance(self.calib_texts, list) or not all(isinstance(t, str) for t in self.calib_texts)
+        ):
+            raise invalid_value("calib_texts", self.calib_texts, "a list of strings")
+        if self.tokenizer_args is not None and not isinstance(self.tokenizer_args, dict):
+            raise invalid_value("tokenizer_args", self.tokenizer_args, "a dict, e.g. {'padding_side': 'left'}")
+        if self.anti_calib_file is not None and not str(self.anti_calib_file).endswith((".json", ".jsonl")):
+            raise invalid_value("anti_calib_file", self.anti_calib_file, "a .json or .jsonl file")
+        if not isinstance(self.anti_params, dict):
+            raise invalid_value("anti_params", self.anti_params, "a dict of the anti-outlier method's settings")
+
+    def _validate_combinations(self) -> None:
+        if self.w_bit == 4 and not (self.is_lowbit or self.co_sparse or self.is_dynamic):
+            raise QuantInputError(
+                "w_bit", "4 needs a low-bit mode: is_lowbit True, co_sparse True or is_dynamic True (W4A8_DYNAMIC)"
+            )
+        if self.w_bit == 16 and self.a_bit != 16:
+            raise QuantInputError("w_bit", "16 means no quantization; valid with a_bit 16 only")
+        if self.use_fa_quant and self.use_kvcache_quant:
+            raise QuantInputError(
+                "use_fa_quant", "cannot be combined with use_kvcache_quant True; choose one of the two"
+            )
+
+    def check_supported(self) -> None:
+        """Raise for valid reference values that this version does not implement yet."""
+        if self.anti_method not in IMPLEMENTED_ANTI_METHODS:
+            raise QuantInputError(
+                "anti_method",
+                f"{self.anti_method!r} is not implemented yet; implemented: {', '.join(IMPLEMENTED_ANTI_METHODS)}",
+            )
+        if self.act_method not in IMPLEMENTED_ACT_METHODS:
+            raise QuantInputError(
+                "act_method",
+                f"{self.act_method!r} is not implemented yet; implemented: "
+                + ", ".join(str(m) for m in IMPLEMENTED_ACT_METHODS),
+            )
+        for flag in NOT_YET_IMPLEMENTED_FLAGS:
+            if getattr(self, flag):
+                raise QuantInputError(flag, "True is not implemented yet; valid now: False")
+        if self.w_bit == 4:
+            raise QuantInputError("w_bit", "4 is not implemented yet; valid now: 8, 16")
+        for name in NOT_YET_IMPLEMENTED_NON_DEFAULTS:
+            if getattr(self, name) != _DEFAULTS[name]:
+                raise QuantInputError(name, f"only the default {_DEFAULTS[name]!r} is implemented yet")
+
+    # -- derived values -----------------------------------------------------------------
+
+    @property
+    def disable_level_count(self) -> int:
+        """n of ``disable_level`` ``Ln``: how many linears to roll back to float by range."""
+        match = _LEVEL_RE.match(self.disable_level)
+        assert match is not None  # validated in __post_init__
+        return int(match.group(1))
+
+    @property
+    def quant_type(self) -> str:
+        """The reference's model_quant_type string for this recipe (SPEC §7)."""
+        if self.co_sparse:
+            return "W8A8S"
+        if self.w_bit == 4 and self.is_dynamic:
+            return "W4A8_DYNAMIC"
+        if self.a_bit == 16:
+            return "W8A16" if self.w_bit == 8 else "W4A16"
+        if self.is_dynamic:
+            return "W8A8_DYNAMIC"
+        if self.pdmix:
+            return "W8A8_MIX"
+        return "W8A8"
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return self.a_bit == 8
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view (JSON-serialisable) for logging and for the saved output."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> QuantConfig:
+        """Build from a mapping, rejecting unknown keys with the list of valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise QuantInputError(unknown[0], f"unknown parameter; valid parameters: {', '.join(sorted(names))}")
+        return cls(**values)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_choice(param: str, value: object, valid: tuple) -> None:
+    if isinstance(value, bool) or value not in valid:
+        raise invalid_value(param, value, valid)
+
+
+def _check_range(param: str, value: object, low: float, high: float) -> None:
+    if not _is_number(value) or not low <= value <= high:
+        raise invalid_value(param, value, f"a number in [{low}, {high}]")
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(QuantConfig) if f.default is not dataclasses.MISSING}

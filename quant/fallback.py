@@ -1,0 +1,74 @@
+"""Choosing the linears that stay in float (SPEC §1 and §5): names, last linear, level, threshold."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from quant.arch import LM_HEAD, layer_index
+from quant.errors import QuantInputError
+
+_EARLY_LAYERS = 5  # layers 0-4 of the llama3 / llama3.1 defaults
+
+
+def default_disable_names(model_type: str, a_bit: int, all_linears: Sequence[str]) -> list[str]:
+    """The reference's default float layers for ``model_type`` (used only when a_bit is 8)."""
+    if a_bit != 8:
+        return []
+    down_projs = [n for n in all_linears if n.endswith(".mlp.down_proj")]
+    early = [n for n in all_linears if (idx := layer_index(n)) is not None and idx < _EARLY_LAYERS]
+    if model_type in ("llama", "llama2"):
+        return down_projs
+    if model_type == "llama3":
+        return [*early, LM_HEAD]
+    if model_type in ("llama3.1_instruct", "llama3.1_fp"):
+        early_no_down = [n for n in early if not n.endswith(".mlp.down_proj")]
+        return _ordered_union(all_linears, down_projs + early_no_down + [LM_HEAD])
+    raise QuantInputError("model_type", f"invalid value {model_type!r}")
+
+
+def _ordered_union(order: Sequence[str], names: Sequence[str]) -> list[str]:
+    wanted = set(names)
+    return [n for n in order if n in wanted]
+
+
+def check_disable_names(names: Sequence[str], all_linears: Sequence[str]) -> None:
+    """Stop with a clear error when the user names layers the model does not have."""
+    known = set(all_linears)
+    missing = [n for n in names if n not in known]
+    if missing:
+        example = ", ".join(all_linears[:2])
+        raise QuantInputError(
+            "disable_names",
+            f"no linear layer named {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
+            f"names look like {example}, {LM_HEAD}",
+        )
+
+
+def names_fallback(
+    cfg_names: Sequence[str] | None, model_type: str, a_bit: int, all_linears: Sequence[str]
+) -> dict[str, str]:
+    """Float layers from ``disable_names`` (the user's, else the model_type's defaults) with reasons."""
+    if cfg_names is not None:
+        check_disable_names(cfg_names, all_linears)
+        return {n: "disable_names" for n in cfg_names}
+    return {
+        n: f"default disable_names of model_type {model_type}"
+        for n in default_disable_names(model_type, a_bit, all_linears)
+    }
+
+
+def level_fallback(n: int, range_params: Mapping[str, float], already_float: Sequence[str]) -> dict[str, str]:
+    """``disable_level Ln``: the n linears with the largest range_param not already float.
+
+    Ties (q/k/v share one input) go in module order: the sort is stable over ``range_params``'
+    order, which must be module order.
+    """
+    if n <= 0:
+        return {}
+    skip = set(already_float)
+    candidates = [(name, rp) for name, rp in range_params.items() if name not in skip]
+    ranked = sorted(candidates, key=lambda item: -item[1])
+    return {
+        name: f"disable_level L{n}: range_param {rp:.1f} ranks {rank}"
+        for rank, (name, rp) in enumerate(ranked[:n], start=1)
+    }

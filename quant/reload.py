@@ -1,0 +1,75 @@
+"""Rebuild the fake-quant model from a saved output directory (config.json + weights)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from quant.anti_outlier.base import add_norm_bias
+from quant.arch import get_module, norm_modules, set_module
+from quant.device import resolve_device
+from quant.errors import QuantInputError
+from quant.qlinear import SUPPORTED_TYPES, QuantLinear
+
+
+@dataclass
+class ReloadedModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    description: dict[str, Any]
+    quant_type: str
+
+
+def find_description(directory: Path) -> Path:
+    """The description JSON of an output directory (plain or mindie-format name)."""
+    candidates = sorted(directory.glob("quant_model_description*.json"))
+    if not candidates:
+        raise QuantInputError("save_directory", f"{directory} has no quant_model_description*.json")
+    return candidates[0]
+
+
+def read_tensors(directory: Path, quant_type: str) -> dict[str, torch.Tensor]:
+    """All saved tensors, from one file or from the shards an index JSON lists."""
+    single = directory / f"quant_model_weight_{quant_type.lower()}.safetensors"
+    index = directory / f"{single.name}.index.json"
+    if index.is_file():
+        shard_names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in shard_names:
+            tensors.update(load_file(str(directory / shard)))
+        return tensors
+    if not single.is_file():
+        raise QuantInputError("save_directory", f"{directory} has no {single.name}")
+    return load_file(str(single))
+
+
+def load_quantized(directory: str | Path, device_type: str = "cpu") -> ReloadedModel:
+    """Build the float architecture from config.json, swap in QuantLinear where the description
+    says so, and load every saved tensor strictly."""
+    directory = Path(directory)
+    description = json.loads(find_description(directory).read_text())
+    quant_type = description["model_quant_type"]
+    tensors = read_tensors(directory, quant_type)
+    config = AutoConfig.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+    module_types = {
+        name.rpartition(".")[0]: t for name, t in description.items() if name in tensors and t in SUPPORTED_TYPES
+    }
+    for name, qtype in module_types.items():
+        linear = get_module(model, name)
+        has_bias = f"{name}.bias" in tensors
+        set_module(model, name, QuantLinear(linear.in_features, linear.out_features, qtype, has_bias=has_bias))
+    for name, norm in norm_modules(model).items():
+        if f"{name}.bias" in tensors:
+            add_norm_bias(norm)
+    model.load_state_dict(tensors, strict=True)
+    model = model.to(resolve_device(device_type)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    return ReloadedModel(model, tokenizer, description, quant_type)

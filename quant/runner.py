@@ -1,0 +1,64 @@
+"""Load → quantize → save for one recipe, with every input checked before any work starts."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from quant.calib import read_calib_texts
+from quant.config import QuantConfig
+from quant.device import resolve_device
+from quant.errors import QuantInputError
+from quant.export import LAYER_REPORT_FILE, RECIPE_FILE, SavedOutput, check_save_directory, save_quantized
+from quant.model_io import LoadedModel, load_model, resolve_model_source
+from quant.pipeline import QuantResult, quantize
+
+
+def check_inputs(cfg: QuantConfig, overwrite: bool = False) -> None:
+    """Everything that can be checked without loading the model: paths, files, device."""
+    cfg.check_supported()
+    resolve_model_source(cfg.model_path)
+    if cfg.save_directory:
+        check_save_directory(cfg.save_directory, overwrite)
+    if cfg.calib_file:
+        read_calib_texts(cfg.calib_file)
+    elif not cfg.calib_texts:
+        raise QuantInputError("calib_file", "no calibration data: give calib_file (JSONL) or calib_texts")
+    resolve_device(cfg.device_type)
+
+
+def save_result(result: QuantResult, loaded: LoadedModel, save_directory: str, overwrite: bool = False) -> SavedOutput:
+    """Write the quantized model plus its recipe and per-layer report beside the weights."""
+    return save_quantized(
+        result.model,
+        loaded.tokenizer,
+        save_directory,
+        quant_type=result.quant_type,
+        original_dtype=loaded.original_dtype,
+        extra_json={RECIPE_FILE: result.config.to_dict(), LAYER_REPORT_FILE: result.layer_report()},
+        overwrite=overwrite,
+    )
+
+
+def quantize_to_directory(cfg: QuantConfig, overwrite: bool = False, allow_pickle: bool = False) -> dict[str, Any]:
+    """The ``quant-llama`` job: returns a short summary of what was written."""
+    check_inputs(cfg, overwrite)
+    t0 = time.perf_counter()
+    loaded = load_model(
+        cfg.model_path,
+        device_type=cfg.device_type,
+        trust_remote_code=cfg.trust_remote_code,
+        tokenizer_args=cfg.tokenizer_args,
+        allow_pickle=allow_pickle,
+    )
+    load_s = time.perf_counter() - t0
+    result = quantize(loaded.model, loaded.tokenizer, cfg)
+    saved = save_result(result, loaded, cfg.save_directory, overwrite)
+    return {
+        "quant_type": result.quant_type,
+        "save_directory": str(saved.directory),
+        "float_layers": len(result.float_layers),
+        "load_s": load_s,
+        "timings": result.timings,
+        "bytes": saved.total_bytes,
+    }
