@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from tiny_models import build_tiny_llama, build_tiny_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The shared real data: QUANT_DATA_DIR if set (as for the Hydra app), else ../shared/data.
+SHARED_DATA = Path(os.environ.get("QUANT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 SMOLLM2_GGUF = SHARED_DATA / "models" / "smollm2-135m-instruct-gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 BOOLQ_VAL = SHARED_DATA / "boolq" / "val.jsonl"
 BOOLQ_CALIB = SHARED_DATA / "msmodelslim_common" / "boolq.jsonl"
