@@ -22,12 +22,14 @@ class SmoothPair:
 
     Names are relative to a decoder layer (``input_layernorm``, ``self_attn.q_proj``...).
     ``kind`` is ``norm`` (prev is an RMSNorm) or ``linear`` (prev is a linear whose output rows
-    feed the next linears).
+    feed the next linears). ``shares_kv_heads``: each prev output channel feeds one channel of
+    every query head of its KV group (v_proj → o_proj under GQA).
     """
 
     prev: str
     nexts: tuple[str, ...]
     kind: str
+    shares_kv_heads: bool = False
 
 
 NORM_PAIRS = (
@@ -35,7 +37,7 @@ NORM_PAIRS = (
     SmoothPair("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "norm"),
 )
 LINEAR_PAIRS = (
-    SmoothPair("self_attn.v_proj", ("self_attn.o_proj",), "linear"),
+    SmoothPair("self_attn.v_proj", ("self_attn.o_proj",), "linear", shares_kv_heads=True),
     SmoothPair("mlp.up_proj", ("mlp.down_proj",), "linear"),
 )
 
@@ -43,6 +45,15 @@ LINEAR_PAIRS = (
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks of a LLaMA causal LM."""
     return model.model.layers
+
+
+def kv_head_groups(model: nn.Module) -> tuple[int, int]:
+    """``(query heads per KV head, head_dim)`` from the model config (groups = 1 for MHA)."""
+    cfg = model.config
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    return n_heads // n_kv, head_dim
 
 
 def final_norm(model: nn.Module) -> nn.Module:

@@ -24,8 +24,8 @@ A_BITS = (8, 16)
 _LEVEL_RE = re.compile(r"^L(\d+)$")
 
 # Values accepted by validation but not built yet; removed as features land.
-IMPLEMENTED_ANTI_METHODS = ("none", "m1")
-IMPLEMENTED_ACT_METHODS = (1,)
+IMPLEMENTED_ANTI_METHODS = ANTI_METHODS
+IMPLEMENTED_ACT_METHODS = ACT_METHODS
 NOT_YET_IMPLEMENTED_FLAGS = (
     "co_sparse",
     "use_sigma",
@@ -36,7 +36,7 @@ NOT_YET_IMPLEMENTED_FLAGS = (
     "pdmix",
     "mindie_format",
 )
-NOT_YET_IMPLEMENTED_NON_DEFAULTS = ("tp_size", "mm_tensor", "w_sym", "disable_threshold", "anti_calib_file")
+NOT_YET_IMPLEMENTED_NON_DEFAULTS = ("tp_size", "mm_tensor", "w_sym")
 
 
 @dataclass
@@ -169,6 +169,9 @@ class QuantConfig:
         for name in NOT_YET_IMPLEMENTED_NON_DEFAULTS:
             if getattr(self, name) != _DEFAULTS[name]:
                 raise QuantInputError(name, f"only the default {_DEFAULTS[name]!r} is implemented yet")
+        from quant.anti_outlier import check_anti_params  # torch-heavy; only once a run is asked for
+
+        check_anti_params(self.anti_method, self.anti_params)
 
     # -- derived values -----------------------------------------------------------------
 

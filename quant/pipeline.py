@@ -1,50 +1,38 @@
 """The one verb: ``quantize(model, tokenizer, cfg)`` runs a recipe on a loaded float model.
 
-anti-outlier → choose float layers → quantize weights → calibrate activations. Each step
-returns what is worth logging; the result carries all of it.
+observe → anti-outlier → choose float layers → quantize weights → calibrate activations
+(measuring each quantized linear's SQNR). Each step returns what is worth logging; the result
+carries all of it, with one report row per linear.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from quant.anti_outlier import AntiOutlierReport, apply_anti_outlier
+from quant.anti_outlier import AntiOutlierReport, apply_anti_outlier, needs_statistics
 from quant.arch import LM_HEAD, get_module, linear_names, set_module
-from quant.calib import Batch, read_calib_texts, tokenize_texts
-from quant.calibrate import ActivationRange, MinMaxObserver, calibrate_activations
+from quant.calib import Batch, anti_calibration_batches, read_calib_texts, tokenize_texts
+from quant.calibrate import calibrate_activations
 from quant.config import QuantConfig
 from quant.errors import QuantInputError
-from quant.fallback import level_fallback, names_fallback
-from quant.observe import InputStats, observe_linear_inputs
+from quant.fallback import level_fallback, names_fallback, threshold_fallback
+from quant.observe import InputStats, observe_layerwise, observe_linear_inputs
+from quant.observers import observer_factory
 from quant.qlinear import QuantLinear
 from quant.quantizers import quantize_weight_per_channel
+from quant.report import STATUS_FLOAT, LayerReport, build_layer_report
+
+__all__ = ["LayerReport", "QuantResult", "calibration_batches", "quantize"]
 
 log = logging.getLogger(__name__)
 RANGE_PARAM_BATCHES = 5  # disable_level ranks on the first 5 calibration batches (SPEC §5)
-
-
-@dataclass
-class LayerReport:
-    """One linear's outcome: quantized or kept float (and why), its range and scales."""
-
-    name: str
-    status: str  # "quantized" or "float"
-    reason: str = ""
-    quant_type: str = "FLOAT"
-    range_param: float | None = None
-    observer: str | None = None
-    input_min: float | None = None
-    input_max: float | None = None
-    input_scale: float | None = None
-    input_offset: float | None = None
-    weight_scale_max: float | None = None
 
 
 @dataclass
@@ -62,10 +50,11 @@ class QuantResult:
 
     @property
     def float_layers(self) -> dict[str, str]:
-        return {r.name: r.reason for r in self.layers if r.status == "float"}
+        return {r.name: r.reason for r in self.layers if r.status == STATUS_FLOAT}
 
     def layer_report(self) -> list[dict[str, Any]]:
-        return [asdict(r) for r in self.layers]
+        """One JSON-safe row per linear, module order (written as ``quant_layer_report.json``)."""
+        return [r.to_dict() for r in self.layers]
 
 
 def calibration_batches(tokenizer: Any, cfg: QuantConfig, device: torch.device | str) -> list[Batch]:
@@ -85,18 +74,43 @@ def calibration_batches(tokenizer: Any, cfg: QuantConfig, device: torch.device |
     )
 
 
-def _make_observer_factory(cfg: QuantConfig):
-    if cfg.act_method == 1:
-        return lambda _name: MinMaxObserver()
-    raise QuantInputError("act_method", f"{cfg.act_method} is not implemented yet; implemented: 1")
+def anti_outlier_batches(
+    tokenizer: Any, cfg: QuantConfig, device: torch.device | str, calib: Sequence[Batch]
+) -> list[Batch]:
+    """The anti-outlier data: ``anti_calib_file`` if given, else the calibration batches (SPEC §1)."""
+    if not cfg.anti_calib_file:
+        return list(calib)
+    return anti_calibration_batches(
+        tokenizer,
+        cfg.anti_calib_file,
+        device=device,
+        input_ids_name=cfg.input_ids_name,
+        attention_mask_name=cfg.attention_mask_name,
+    )
 
 
-def _quantize_weights(model: nn.Module, names: Sequence[str], cfg: QuantConfig) -> None:
+def choose_float_layers(cfg: QuantConfig, names: Sequence[str], stats: Mapping[str, InputStats]) -> dict[str, str]:
+    """Linears kept in float, with the reason: names (or defaults), last linear, threshold, level."""
+    float_layers = names_fallback(cfg.disable_names, cfg.model_type, cfg.a_bit, names)
+    if cfg.disable_last_linear:
+        float_layers.setdefault(LM_HEAD, "disable_last_linear")
+    scores = {n: s.quantile_score for n, s in stats.items()}
+    float_layers.update(threshold_fallback(cfg.disable_threshold, scores, list(float_layers)))
+    range_params = {n: stats[n].range_param for n in names if n in stats}
+    float_layers.update(level_fallback(cfg.disable_level_count, range_params, list(float_layers)))
+    return float_layers
+
+
+def _quantize_weights(model: nn.Module, names: Sequence[str], cfg: QuantConfig) -> dict[str, nn.Module]:
+    """Swap each named linear for a QuantLinear; return the float linears they replaced."""
     qtype = cfg.quant_type
+    replaced = {}
     for name in names:
         linear = get_module(model, name)
         qweight = quantize_weight_per_channel(linear.weight, bits=cfg.w_bit, symmetric=cfg.w_sym)
         set_module(model, name, QuantLinear.from_float(linear, qweight, qtype))
+        replaced[name] = linear
+    return replaced
 
 
 def _untie_lm_head(model: nn.Module) -> None:
@@ -117,34 +131,39 @@ def quantize(
     """Quantize ``model`` in place per ``cfg``.
 
     ``calib_batches`` / ``anti_stats`` may be given to reuse work a sweep already did
-    (tokenized calibration data; float-model input statistics for the anti-outlier step).
+    (tokenized calibration data; float-model input statistics over the anti-outlier data).
     """
     cfg.check_supported()
     timings: dict[str, float] = {}
     device = next(model.parameters()).device
     t = time.perf_counter()
     batches = list(calib_batches) if calib_batches is not None else calibration_batches(tokenizer, cfg, device)
+    anti_batches = anti_outlier_batches(tokenizer, cfg, device, batches)
     names = linear_names(model)
     # lm_head statistics cost a vocabulary-sized matmul per token: gather them only if it may be quantized.
     observed = names if not cfg.disable_last_linear else [n for n in names if n != LM_HEAD]
     timings["calib_data_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if cfg.anti_method != "none" and anti_stats is None:
-        anti_stats = observe_linear_inputs(model, batches, observed)
+    if needs_statistics(cfg.anti_method) and anti_stats is None:
+        anti_stats = observe_linear_inputs(model, anti_batches, observed)
     timings["observe_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    anti_report = apply_anti_outlier(model, cfg.anti_method, anti_stats or {}, cfg.anti_params)
+    anti_report = apply_anti_outlier(
+        model,
+        cfg.anti_method,
+        anti_stats,
+        cfg.anti_params,
+        batches=anti_batches,
+        weight_bits=cfg.w_bit,
+        weight_symmetric=cfg.w_sym,
+    )
     timings["anti_outlier_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    post_stats = observe_linear_inputs(model, batches[:RANGE_PARAM_BATCHES], observed)
-    range_params = {n: post_stats[n].range_param for n in observed}
-    float_layers = names_fallback(cfg.disable_names, cfg.model_type, cfg.a_bit, names)
-    if cfg.disable_last_linear:
-        float_layers.setdefault(LM_HEAD, "disable_last_linear")
-    float_layers.update(level_fallback(cfg.disable_level_count, range_params, list(float_layers)))
+    post_stats = observe_layerwise(model, batches[:RANGE_PARAM_BATCHES], observed)
+    float_layers = choose_float_layers(cfg, names, post_stats)
     timings["fallback_s"] = time.perf_counter() - t
     for name, reason in float_layers.items():
         log.info("keeping %s in float: %s", name, reason)
@@ -153,16 +172,21 @@ def quantize(
     quantized = [n for n in names if n not in float_layers]
     if LM_HEAD in quantized:
         _untie_lm_head(model)
-    _quantize_weights(model, quantized, cfg)
+    float_linears = _quantize_weights(model, quantized, cfg)
     timings["quantize_weights_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ranges: dict[str, ActivationRange] = {}
-    if cfg.quantizes_activations:
-        ranges = calibrate_activations(model, batches, _make_observer_factory(cfg))
+    range_params = {n: s.range_param for n, s in post_stats.items()}
+    outcome = calibrate_activations(model, batches, observer_factory(cfg.act_method, range_params), float_linears)
+    del float_linears  # the float copies were kept only for the SQNR measurement
     timings["calibrate_s"] = time.perf_counter() - t
 
-    layers = [_layer_report(model, n, float_layers, range_params, ranges) for n in names]
+    layers = [
+        build_layer_report(
+            model, n, float_layers, post_stats, outcome.ranges, outcome.sqnr_db, anti_report.input_scales
+        )
+        for n in names
+    ]
     return QuantResult(
         model=model,
         config=cfg,
@@ -173,27 +197,3 @@ def quantize(
         calib_batches=len(batches),
         calib_tokens=sum(int(b["input_ids"].numel()) for b in batches),
     )
-
-
-def _layer_report(
-    model: nn.Module,
-    name: str,
-    float_layers: dict[str, str],
-    range_params: dict[str, float],
-    ranges: dict[str, ActivationRange],
-) -> LayerReport:
-    if name in float_layers:
-        return LayerReport(name, "float", float_layers[name], range_param=range_params.get(name))
-    module = get_module(model, name)
-    report = LayerReport(
-        name,
-        "quantized",
-        quant_type=module.quant_type,
-        range_param=range_params.get(name),
-        weight_scale_max=float(module.weight_scale.max()),
-    )
-    if name in ranges:
-        rng = ranges[name]
-        report.observer, report.input_min, report.input_max = rng.observer, rng.xmin, rng.xmax
-        report.input_scale, report.input_offset = rng.scale, rng.offset
-    return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,20 @@ def quantize_activation(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tens
     return torch.clamp(torch.round(x / scale + offset), low, high)
 
 
+def fake_quantize_weight(weight: torch.Tensor, bits: int = 8, symmetric: bool = True) -> torch.Tensor:
+    """The per-channel quantized weight, dequantized to float32; ``bits`` >= 16 means no quantization."""
+    if bits >= 16:
+        return weight.detach().float()
+    return quantize_weight_per_channel(weight, bits=bits, symmetric=symmetric).dequantize()
+
+
+def fake_quantize_activation_per_tensor(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """``x`` quantized per tensor (asymmetric, its own min/max widened to 0) and dequantized."""
+    scale, offset = activation_params(float(x.min()), float(x.max()), bits)
+    scale, offset = scale.to(x.device), offset.to(x.device)
+    return (quantize_activation(x, scale, offset, bits) - offset) * scale
+
+
 def float_bits_as_int64(values: torch.Tensor) -> torch.Tensor:
     """float32 values stored as int64 holding the float32 bit pattern (the reference's deq_scale)."""
     return values.detach().to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
@@ -72,11 +87,32 @@ def int64_bits_as_float(values: torch.Tensor) -> torch.Tensor:
     return values.to(torch.int32).view(torch.float32)
 
 
-def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB: ``10·log10(‖ref‖² / ‖ref − approx‖²)``."""
-    ref = reference.detach().float()
-    noise = (ref - approx.detach().float()).pow(2).sum()
-    signal = ref.pow(2).sum()
+def sqnr_from_energies(signal: float, noise: float) -> float:
+    """``10·log10(signal / noise)`` in dB; infinite when there is no noise."""
     if noise == 0:
         return float("inf")
-    return float(10 * torch.log10(signal / noise))
+    return 10 * math.log10(signal / noise) if signal > 0 else float("-inf")
+
+
+def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB: ``10·log10(‖ref‖² / ‖ref − approx‖²)``."""
+    acc = SqnrAccumulator()
+    acc.update(reference, approx)
+    return acc.db
+
+
+@dataclass
+class SqnrAccumulator:
+    """:func:`sqnr_db` over many batches: signal and noise energies summed before the ratio."""
+
+    signal: float = 0.0
+    noise: float = 0.0
+
+    def update(self, reference: torch.Tensor, approx: torch.Tensor) -> None:
+        ref = reference.detach().double()
+        self.signal += float(ref.pow(2).sum())
+        self.noise += float((ref - approx.detach().double()).pow(2).sum())
+
+    @property
+    def db(self) -> float:
+        return sqnr_from_energies(self.signal, self.noise)

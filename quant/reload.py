@@ -69,6 +69,10 @@ def load_quantized(directory: str | Path, device_type: str = "cpu") -> ReloadedM
     for name, norm in norm_modules(model).items():
         if f"{name}.bias" in tensors:
             add_norm_bias(norm)
+    for name, module in model.named_modules():
+        # Float linears that anti-outlier gave a bias (m2's shift); LLaMA linears have none.
+        if isinstance(module, torch.nn.Linear) and module.bias is None and f"{name}.bias" in tensors:
+            module.bias = torch.nn.Parameter(torch.zeros(module.out_features), requires_grad=False)
     model.load_state_dict(tensors, strict=True)
     model = model.to(resolve_device(device_type)).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)
