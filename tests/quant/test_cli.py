@@ -23,7 +23,7 @@ def _base(tiny_model_dir, calib_file, out):
 
 def test_cli_quantizes_with_reference_spellings(tiny_model_dir, calib_file, tmp_path):
     out = tmp_path / "out"
-    argv = _base(tiny_model_dir, calib_file, out) + [
+    argv = [*_base(tiny_model_dir, calib_file, out),
         "--w_bit", "8", "--a_bit", "8", "--act_method", "1", "--anti_method", "m1",
         "--disable_level", "L1", "--device_type", "cpu", "--trust_remote_code", "False",
         "--disable_names", "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj",
@@ -48,7 +48,7 @@ def test_cli_quantizes_with_reference_spellings(tiny_model_dir, calib_file, tmp_
 )
 def test_bad_values_give_one_line_naming_parameter(tiny_model_dir, calib_file, tmp_path, capsys, extra, param, valid):
     out = tmp_path / "out"
-    code, err = _run(_base(tiny_model_dir, calib_file, out) + extra, capsys)
+    code, err = _run([*_base(tiny_model_dir, calib_file, out), *extra], capsys)
     assert code == 2
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert f"{param}:" in err and valid in err
