@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from tiny_models import build_tiny_llama
 
 from quant.anti_outlier import apply_anti_outlier
 from quant.arch import linear_names
@@ -15,6 +14,7 @@ from quant.errors import QuantInputError
 from quant.observe import observe_linear_inputs
 from quant.pipeline import quantize
 from quant.runner import check_inputs
+from tiny_models import build_tiny_llama
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Question: is fire cold?", "Ethanol fuel.", "Grove", "yes"]
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tiny_models import build_tiny_llama
 from torch import nn
 
 from quant.anti_outlier import REGISTRY, apply_anti_outlier, check_anti_params, get_method, needs_statistics
@@ -19,6 +18,7 @@ from quant.arch import NORM_PAIRS, linear_names
 from quant.calib import tokenize_texts
 from quant.errors import QuantInputError
 from quant.observe import observe_linear_inputs
+from tiny_models import build_tiny_llama
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

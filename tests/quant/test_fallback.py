@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from tiny_models import build_tiny_llama
 
 from quant.arch import linear_names
 from quant.config import QuantConfig
@@ -11,6 +10,7 @@ from quant.errors import QuantInputError
 from quant.fallback import default_disable_names
 from quant.observe import quantile_score
 from quant.pipeline import quantize
+from tiny_models import build_tiny_llama
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -4,7 +4,6 @@ next to the weights, plotted; and m2's shift (linear biases) surviving save → 
 import json
 
 import torch
-from tiny_models import build_tiny_llama
 
 from quant.anti_outlier import apply_anti_outlier
 from quant.arch import linear_names
@@ -18,6 +17,7 @@ from quant.quantizers import sqnr_db
 from quant.reload import load_quantized
 from quant.report_plot import plot_layer_sqnr
 from quant.runner import save_result
+from tiny_models import build_tiny_llama
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

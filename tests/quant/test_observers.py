@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from tiny_models import build_tiny_llama
 
 from quant.config import QuantConfig
 from quant.observers import AUTO_MIX_RANGE_PARAM, HistogramObserver, MinMaxObserver, observer_factory
 from quant.pipeline import quantize
 from quant.quantizers import activation_params, quantize_activation
+from tiny_models import build_tiny_llama
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
