@@ -22,6 +22,7 @@ from quant.calib import Batch
 from quant.observe import forward_for_inputs
 from quant.qlinear import STATIC_ACT_TYPES, QuantLinear
 from quant.quantizers import activation_params
+from quant.schemes.static import pdmix_phase
 
 
 class ActivationObserver(Protocol):
@@ -54,14 +55,35 @@ ObserverFactory = Callable[[str], ActivationObserver]
 
 
 @dataclass
+class ShardedObserver:
+    """One observer per input shard of a row-parallel layer under tp_size (shard s: columns s·k/S …)."""
+
+    shards: list[ActivationObserver]
+
+    @property
+    def name(self) -> str:
+        return self.shards[0].name
+
+    def update(self, x: torch.Tensor) -> None:
+        for observer, chunk in zip(self.shards, x.chunk(len(self.shards), dim=-1)):
+            observer.update(chunk)
+
+    def ranges(self) -> list[tuple[float, float]]:
+        return [observer.range() for observer in self.shards]
+
+
+@dataclass
 class ActivationRange:
-    """The calibrated input range of one linear and the observer that chose it."""
+    """The calibrated input range of one linear and the observer that chose it.
+
+    Layers with per-shard parameters (tp_size) report one value per shard in each list.
+    """
 
     observer: str
-    xmin: float
-    xmax: float
-    scale: float
-    offset: float
+    xmin: float | list[float]
+    xmax: float | list[float]
+    scale: float | list[float]
+    offset: float | list[float]
 
 
 class _StopForward(Exception):
@@ -119,7 +141,7 @@ def _observe_layer_inputs(
                 observers.setdefault(name, observers[seen[id(x)][1]])
                 return
             seen[id(x)] = (x, name)
-            observers.setdefault(name, make_observer(name)).update(x.detach().float())
+            observers.setdefault(name, _observer_for(members[name], name, make_observer)).update(x.detach().float())
 
         return hook
 
@@ -134,21 +156,40 @@ def _observe_layer_inputs(
     return observers
 
 
-def _fix_range(modules: Sequence[QuantLinear], observer: ActivationObserver) -> ActivationRange:
-    xmin, xmax = observer.range()
-    scale, offset = activation_params(xmin, xmax)
-    for module in modules:
-        module.set_activation_params(scale, offset)
-    return ActivationRange(observer.name, xmin, xmax, float(scale), float(offset))
+def _observer_for(module: QuantLinear, name: str, make_observer: ObserverFactory) -> ActivationObserver:
+    shards = getattr(module, "shards", 1)
+    if shards == 1:
+        return make_observer(name)
+    return ShardedObserver([make_observer(name) for _ in range(shards)])
+
+
+def _fix_range(module: QuantLinear, observer: ActivationObserver | ShardedObserver) -> ActivationRange:
+    ranges = observer.ranges() if isinstance(observer, ShardedObserver) else [observer.range()]
+    params = [activation_params(xmin, xmax) for xmin, xmax in ranges]
+    scale = torch.cat([p[0] for p in params])  # (S,)
+    offset = torch.cat([p[1] for p in params])
+    module.set_activation_params(scale, offset)
+
+    def report(values: list[float]) -> float | list[float]:
+        return values[0] if len(values) == 1 else values
+
+    return ActivationRange(
+        observer.name,
+        report([r[0] for r in ranges]),
+        report([r[1] for r in ranges]),
+        report(scale.tolist()),
+        report(offset.tolist()),
+    )
 
 
 def calibrate_activations(
     model: nn.Module, batches: Sequence[Batch], make_observer: ObserverFactory
 ) -> dict[str, ActivationRange]:
-    """Set the static input scale/offset of every W8A8 ``QuantLinear`` in ``model``.
+    """Set the static input scale/offset of every static-activation ``QuantLinear`` in ``model``.
 
     ``make_observer(name)`` gives the observer for the linear called ``name`` (act_method).
-    Returns each calibrated linear's range.
+    W8A8_MIX layers run their static (decode) path meanwhile, as the reference calibrates
+    them like W8A8. Returns each calibrated linear's range.
     """
     static = {
         name: m for name, m in model.named_modules() if isinstance(m, QuantLinear) and m.quant_type in STATIC_ACT_TYPES
@@ -156,7 +197,7 @@ def calibrate_activations(
     ranges: dict[str, ActivationRange] = {}
     if not static:
         return ranges
-    with torch.no_grad():
+    with torch.no_grad(), pdmix_phase(model, "decode"):
         calls = _capture_first_layer_calls(model, batches)
         for i, layer in enumerate(decoder_layers(model)):
             prefix = f"model.layers.{i}."
@@ -164,12 +205,12 @@ def calibrate_activations(
             if members:
                 observers = _observe_layer_inputs(layer, calls, members, lambda n, p=prefix: make_observer(p + n))
                 for name, observer in observers.items():
-                    ranges[prefix + name] = _fix_range([members[name]], observer)
+                    ranges[prefix + name] = _fix_range(members[name], observer)
             calls = [call.with_hidden(call.run(layer)) for call in calls]
         if LM_HEAD in static:
             observer = make_observer(LM_HEAD)
             norm = final_norm(model)
             for call in calls:
                 observer.update(norm(call.args[0]).float())
-            ranges[LM_HEAD] = _fix_range([static[LM_HEAD]], observer)
+            ranges[LM_HEAD] = _fix_range(static[LM_HEAD], observer)
     return ranges

@@ -16,18 +16,19 @@ import torch
 from torch import nn
 
 from quant.anti_outlier import AntiOutlierReport, apply_anti_outlier
-from quant.arch import LM_HEAD, get_module, linear_names, set_module
+from quant.arch import LM_HEAD, get_module, linear_names
 from quant.calib import Batch, read_calib_texts, tokenize_texts
 from quant.calibrate import ActivationRange, MinMaxObserver, calibrate_activations
 from quant.config import QuantConfig
 from quant.errors import QuantInputError
 from quant.fallback import level_fallback, names_fallback
 from quant.observe import InputStats, observe_linear_inputs
-from quant.qlinear import QuantLinear
-from quant.quantizers import quantize_weight_per_channel
+from quant.schemes import check_shapes, quantize_linears
 
 log = logging.getLogger(__name__)
 RANGE_PARAM_BATCHES = 5  # disable_level ranks on the first 5 calibration batches (SPEC §5)
+# do_smooth (sparse path): SmoothQuant at the reference's default_smooth_alpha, without its alpha search.
+DO_SMOOTH_METHOD, DO_SMOOTH_PARAMS = "m1", {"alpha": 0.5}
 
 
 @dataclass
@@ -40,11 +41,12 @@ class LayerReport:
     quant_type: str = "FLOAT"
     range_param: float | None = None
     observer: str | None = None
-    input_min: float | None = None
-    input_max: float | None = None
-    input_scale: float | None = None
-    input_offset: float | None = None
+    input_min: float | list[float] | None = None  # lists: one value per shard (tp_size)
+    input_max: float | list[float] | None = None
+    input_scale: float | list[float] | None = None
+    input_offset: float | list[float] | None = None
     weight_scale_max: float | None = None
+    weight_sqnr_db: float | None = None
 
 
 @dataclass
@@ -91,14 +93,6 @@ def _make_observer_factory(cfg: QuantConfig):
     raise QuantInputError("act_method", f"{cfg.act_method} is not implemented yet; implemented: 1")
 
 
-def _quantize_weights(model: nn.Module, names: Sequence[str], cfg: QuantConfig) -> None:
-    qtype = cfg.quant_type
-    for name in names:
-        linear = get_module(model, name)
-        qweight = quantize_weight_per_channel(linear.weight, bits=cfg.w_bit, symmetric=cfg.w_sym)
-        set_module(model, name, QuantLinear.from_float(linear, qweight, qtype))
-
-
 def _untie_lm_head(model: nn.Module) -> None:
     """Give lm_head its own weight so quantizing it never touches the embedding table."""
     head = get_module(model, LM_HEAD)
@@ -129,19 +123,24 @@ def quantize(
     observed = names if not cfg.disable_last_linear else [n for n in names if n != LM_HEAD]
     timings["calib_data_s"] = time.perf_counter() - t
 
+    anti_method, anti_params = (
+        (DO_SMOOTH_METHOD, DO_SMOOTH_PARAMS) if cfg.do_smooth else (cfg.anti_method, cfg.anti_params)
+    )
     t = time.perf_counter()
-    if cfg.anti_method != "none" and anti_stats is None:
+    if anti_method != "none" and anti_stats is None:
         anti_stats = observe_linear_inputs(model, batches, observed)
     timings["observe_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    anti_report = apply_anti_outlier(model, cfg.anti_method, anti_stats or {}, cfg.anti_params)
+    anti_report = apply_anti_outlier(model, anti_method, anti_stats or {}, anti_params)
     timings["anti_outlier_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     post_stats = observe_linear_inputs(model, batches[:RANGE_PARAM_BATCHES], observed)
     range_params = {n: post_stats[n].range_param for n in observed}
     float_layers = names_fallback(cfg.disable_names, cfg.model_type, cfg.a_bit, names)
+    if cfg.quant_type == "FLOAT":
+        float_layers.update({n: "w_bit 16: no quantization" for n in names if n not in float_layers})
     if cfg.disable_last_linear:
         float_layers.setdefault(LM_HEAD, "disable_last_linear")
     float_layers.update(level_fallback(cfg.disable_level_count, range_params, list(float_layers)))
@@ -151,9 +150,10 @@ def quantize(
 
     t = time.perf_counter()
     quantized = [n for n in names if n not in float_layers]
+    check_shapes(model, quantized, cfg)
     if LM_HEAD in quantized:
         _untie_lm_head(model)
-    _quantize_weights(model, quantized, cfg)
+    weight_sqnr = quantize_linears(model, quantized, cfg)
     timings["quantize_weights_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -162,7 +162,7 @@ def quantize(
         ranges = calibrate_activations(model, batches, _make_observer_factory(cfg))
     timings["calibrate_s"] = time.perf_counter() - t
 
-    layers = [_layer_report(model, n, float_layers, range_params, ranges) for n in names]
+    layers = [_layer_report(model, n, float_layers, range_params, ranges, weight_sqnr) for n in names]
     return QuantResult(
         model=model,
         config=cfg,
@@ -181,6 +181,7 @@ def _layer_report(
     float_layers: dict[str, str],
     range_params: dict[str, float],
     ranges: dict[str, ActivationRange],
+    weight_sqnr: dict[str, float],
 ) -> LayerReport:
     if name in float_layers:
         return LayerReport(name, "float", float_layers[name], range_param=range_params.get(name))
@@ -191,6 +192,7 @@ def _layer_report(
         quant_type=module.quant_type,
         range_param=range_params.get(name),
         weight_scale_max=float(module.weight_scale.max()),
+        weight_sqnr_db=weight_sqnr.get(name),
     )
     if name in ranges:
         rng = ranges[name]
