@@ -242,3 +242,24 @@ def test_mindie_format_names_and_norm_entries(tmp_path, tiny_tokenizer):
     x = _prompt(tiny_tokenizer)
     with torch.no_grad():
         assert torch.equal(model(x).logits, load_quantized(out.directory).model(x).logits)
+
+
+def test_cli_writes_sharded_mindie_w4a8_dynamic(tiny_model_dir, calib_file, tmp_path, capsys):
+    from quant.cli import main
+
+    out = tmp_path / "out"
+    argv = ["--model_path", tiny_model_dir, "--save_directory", out, "--calib_file", calib_file,
+        "--w_bit", "4", "--a_bit", "8", "--is_lowbit", "True", "--open_outlier", "False", "--group_size", "32",
+        "--is_dynamic", "True", "--anti_method", "m1", "--tp_size", "2", "--part_file_size", "0.0001",
+        "--mindie_format",
+    ]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    desc = json.loads((out / "quant_model_description_w4a8_dynamic.json").read_text())
+    assert desc["model_quant_type"] == "W4A8_DYNAMIC" and desc["group_size"] == 32
+    index = json.loads((out / "quant_model_weight_w4a8_dynamic.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    assert index["weight_map"].keys() == {k for k in desc if k not in ("model_quant_type", "group_size")}
+    reloaded = load_quantized(out)
+    assert reloaded.model.model.layers[0].self_attn.o_proj.scale_bias.shape == (64, 2)
+    layer_report = json.loads((out / "quant_layer_report.json").read_text())
+    assert all(r["weight_sqnr_db"] > 10 for r in layer_report if r["status"] == "quantized")
