@@ -33,7 +33,8 @@ DESCRIPTION_VERSION = "1.0.0"
 LAYER_REPORT_FILE = "quant_layer_report.json"
 RECIPE_FILE = "quant_recipe.json"
 BYTES_PER_GB = 1024**3
-MINDIE_NORM_SUFFIXES = ("module.weight", "module.bias")
+# mindie_format's extra norm entries and the saved tensor each one copies.
+MINDIE_NORM_COPIES = {"module.weight": "weight", "module.bias": "bias"}
 
 
 @dataclass
@@ -72,7 +73,7 @@ def describe_tensors(model: nn.Module, tensor_names: list[str], quant_type: str)
     description: dict[str, Any] = {"model_quant_type": quant_type}
     group_sizes = {m.group_size for m in quantized.values() if m.group_size is not None}
     if group_sizes:
-        description["group_size"] = max(group_sizes)
+        (description["group_size"],) = group_sizes  # one recipe, one group size
     for name in tensor_names:
         module_name = name.rpartition(".")[0]
         module = quantized.get(module_name)
@@ -92,8 +93,8 @@ def mindie_norm_entries(model: nn.Module, tensors: dict[str, torch.Tensor]) -> d
             continue
         consumer = model.get_submodule(first_linear)
         qtype = consumer.quant_type if isinstance(consumer, QuantLinear) else "FLOAT"
-        for suffix in MINDIE_NORM_SUFFIXES:
-            entries[f"{norm}.{suffix}"] = (tensors[f"{norm}.{suffix.rpartition('.')[2]}"].clone(), qtype)
+        for suffix, source in MINDIE_NORM_COPIES.items():
+            entries[f"{norm}.{suffix}"] = (tensors[f"{norm}.{source}"].clone(), qtype)
     return entries
 
 

@@ -15,7 +15,7 @@ from quant.anti_outlier.base import add_norm_bias
 from quant.arch import get_module, norm_modules, set_module
 from quant.device import resolve_device
 from quant.errors import QuantInputError
-from quant.export import MINDIE_NORM_SUFFIXES
+from quant.export import MINDIE_NORM_COPIES
 from quant.schemes import SCHEMES, module_from_saved
 
 
@@ -62,7 +62,7 @@ def load_quantized(directory: str | Path, device_type: str = "cpu") -> ReloadedM
 
     norms = norm_modules(model)
     for norm in norms:  # mindie_format copies of the norms' weight and bias; the model reads the originals
-        for suffix in MINDIE_NORM_SUFFIXES:
+        for suffix in MINDIE_NORM_COPIES:
             tensors.pop(f"{norm}.{suffix}", None)
     module_types = {name.rpartition(".")[0]: t for name, t in description.items() if name in tensors and t in SCHEMES}
     for name, qtype in module_types.items():
