@@ -13,6 +13,8 @@ from torch import nn
 LM_HEAD = "lm_head"
 ATTN_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
+# Row-parallel under tensor parallelism: their INPUT is split across ranks (tp_size simulation).
+ROW_PARALLEL_LINEARS = ("self_attn.o_proj", "mlp.down_proj")
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 
 
@@ -83,6 +85,11 @@ def layer_index(name: str) -> int | None:
     """The decoder layer index of a module name, or None for modules outside the layers."""
     match = _LAYER_RE.match(name)
     return int(match.group(1)) if match else None
+
+
+def is_row_parallel(name: str) -> bool:
+    """True for a linear whose input is sharded under tensor parallelism (o_proj, down_proj)."""
+    return layer_index(name) is not None and name.endswith(tuple("." + n for n in ROW_PARALLEL_LINEARS))
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:

@@ -12,7 +12,8 @@ output on the very same input (the layer's own error, not the error accumulated 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -24,19 +25,46 @@ from quant.layerwise import LayerCall, capture_first_layer_calls
 from quant.observers import ActivationObserver, MinMaxObserver, ObserverFactory
 from quant.qlinear import STATIC_ACT_TYPES, QuantLinear
 from quant.quantizers import SqnrAccumulator, activation_params
+from quant.schemes.static import pdmix_phase
 
-__all__ = ["ActivationRange", "CalibrationOutcome", "MinMaxObserver", "calibrate_activations"]
+__all__ = ["ActivationRange", "CalibrationOutcome", "LayerWatcher", "MinMaxObserver", "calibrate_activations"]
+
+# A layer watcher observes decoder layer ``index`` while calibration runs it, fully quantized, to
+# produce the next layer's inputs (KV-cache and attention quantization calibrate there): it
+# installs its hooks on entering the context and sets its parameters on leaving it.
+LayerWatcher = Callable[[int, nn.Module], contextlib.AbstractContextManager]
+
+
+@dataclass
+class ShardedObserver:
+    """One observer per input shard of a row-parallel layer under tp_size (shard s: columns s·k/S …)."""
+
+    shards: list[ActivationObserver]
+
+    @property
+    def name(self) -> str:
+        return self.shards[0].name
+
+    def update(self, x: torch.Tensor) -> None:
+        for observer, chunk in zip(self.shards, x.chunk(len(self.shards), dim=-1)):
+            observer.update(chunk)
+
+    def ranges(self) -> list[tuple[float, float]]:
+        return [observer.range() for observer in self.shards]
 
 
 @dataclass
 class ActivationRange:
-    """The calibrated input range of one linear and the observer that chose it."""
+    """The calibrated input range of one linear and the observer that chose it.
+
+    Layers with per-shard parameters (tp_size) report one value per shard in each list.
+    """
 
     observer: str
-    xmin: float
-    xmax: float
-    scale: float
-    offset: float
+    xmin: float | list[float]
+    xmax: float | list[float]
+    scale: float | list[float]
+    offset: float | list[float]
 
 
 @dataclass
@@ -64,7 +92,7 @@ def _observe_layer_inputs(
                 observers.setdefault(name, observers[seen[id(x)][1]])
                 return
             seen[id(x)] = (x, name)
-            observers.setdefault(name, make_observer(name)).update(x.detach().float())
+            observers.setdefault(name, _observer_for(members[name], name, make_observer)).update(x.detach().float())
 
         return hook
 
@@ -104,12 +132,38 @@ def _advance_measuring(
             h.remove()
 
 
-def _fix_range(modules: Sequence[QuantLinear], observer: ActivationObserver) -> ActivationRange:
-    xmin, xmax = observer.range()
-    scale, offset = activation_params(xmin, xmax)
-    for module in modules:
-        module.set_activation_params(scale, offset)
-    return ActivationRange(observer.name, xmin, xmax, float(scale), float(offset))
+def _observer_for(module: QuantLinear, name: str, make_observer: ObserverFactory) -> ActivationObserver:
+    shards = getattr(module, "shards", 1)
+    if shards == 1:
+        return make_observer(name)
+    return ShardedObserver([make_observer(name) for _ in range(shards)])
+
+
+def _fix_range(module: QuantLinear, observer: ActivationObserver | ShardedObserver) -> ActivationRange:
+    ranges = observer.ranges() if isinstance(observer, ShardedObserver) else [observer.range()]
+    params = [activation_params(xmin, xmax) for xmin, xmax in ranges]
+    scale = torch.cat([p[0] for p in params])  # (S,)
+    offset = torch.cat([p[1] for p in params])
+    module.set_activation_params(scale, offset)
+
+    def report(values: list[float]) -> float | list[float]:
+        return values[0] if len(values) == 1 else values
+
+    return ActivationRange(
+        observer.name,
+        report([r[0] for r in ranges]),
+        report([r[1] for r in ranges]),
+        report(scale.tolist()),
+        report(offset.tolist()),
+    )
+
+
+@contextlib.contextmanager
+def _watching(watchers: Sequence[LayerWatcher], index: int, layer: nn.Module) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for watch in watchers:
+            stack.enter_context(watch(index, layer))
+        yield
 
 
 def calibrate_activations(
@@ -117,21 +171,25 @@ def calibrate_activations(
     batches: Sequence[Batch],
     make_observer: ObserverFactory,
     float_linears: Mapping[str, nn.Module] | None = None,
+    watchers: Sequence[LayerWatcher] = (),
 ) -> CalibrationOutcome:
-    """Set the static input scale/offset of every W8A8 ``QuantLinear`` in ``model``.
+    """Set the static input scale/offset of every static-activation ``QuantLinear`` in ``model``.
 
     ``make_observer(name)`` gives the observer for the linear called ``name`` (act_method).
     With ``float_linears`` (name -> the float linear a QuantLinear replaced), every quantized
     linear's output SQNR on the calibration data is measured too (W8A16 layers included).
+    ``watchers`` see each decoder layer's fully quantized run (see ``LayerWatcher``).
+    W8A8_MIX layers run their static (decode) path meanwhile, as the reference calibrates
+    them like W8A8.
     """
     float_linears = float_linears or {}
     quantized = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     static = {name: m for name, m in quantized.items() if m.quant_type in STATIC_ACT_TYPES}
     outcome = CalibrationOutcome()
-    if not static and not (float_linears.keys() & quantized.keys()):
+    if not static and not watchers and not (float_linears.keys() & quantized.keys()):
         return outcome
     sqnr: dict[str, SqnrAccumulator] = {}
-    with torch.no_grad():
+    with torch.no_grad(), pdmix_phase(model, "decode"):
         calls = capture_first_layer_calls(model, batches)
         for i, layer in enumerate(decoder_layers(model)):
             prefix = f"model.layers.{i}."
@@ -139,17 +197,18 @@ def calibrate_activations(
             if members:
                 observers = _observe_layer_inputs(layer, calls, members, make_observer)
                 for name, observer in observers.items():
-                    outcome.ranges[name] = _fix_range([members[name]], observer)
+                    outcome.ranges[name] = _fix_range(members[name], observer)
             in_layer = {n: m for n, m in quantized.items() if n.startswith(prefix)}
-            calls = _advance_measuring(layer, calls, in_layer, float_linears, sqnr)
+            with _watching(watchers, i, layer):
+                calls = _advance_measuring(layer, calls, in_layer, float_linears, sqnr)
         if LM_HEAD in quantized:
             head = quantized[LM_HEAD]
             head_inputs = [final_norm(model)(call.hidden) for call in calls]
             if LM_HEAD in static:
-                observer = make_observer(LM_HEAD)
+                observer = _observer_for(head, LM_HEAD, make_observer)
                 for x in head_inputs:
                     observer.update(x.float())
-                outcome.ranges[LM_HEAD] = _fix_range([head], observer)
+                outcome.ranges[LM_HEAD] = _fix_range(head, observer)
             if LM_HEAD in float_linears:
                 acc = sqnr.setdefault(LM_HEAD, SqnrAccumulator())
                 for x in head_inputs:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from quant.anti_outlier import AntiOutlierReport, apply_anti_outlier, needs_statistics
-from quant.arch import LM_HEAD, get_module, linear_names, set_module
+from quant.arch import LM_HEAD, get_module, linear_names
 from quant.calib import Batch, anti_calibration_batches, read_calib_texts, tokenize_texts
 from quant.calibrate import calibrate_activations
 from quant.config import QuantConfig
@@ -25,14 +25,15 @@ from quant.errors import QuantInputError
 from quant.fallback import level_fallback, names_fallback, threshold_fallback
 from quant.observe import InputStats, observe_layerwise, observe_linear_inputs
 from quant.observers import observer_factory
-from quant.qlinear import QuantLinear
-from quant.quantizers import quantize_weight_per_channel
 from quant.report import STATUS_FLOAT, LayerReport, build_layer_report
+from quant.schemes import check_shapes, quantize_linears
 
 __all__ = ["LayerReport", "QuantResult", "calibration_batches", "quantize"]
 
 log = logging.getLogger(__name__)
 RANGE_PARAM_BATCHES = 5  # disable_level ranks on the first 5 calibration batches (SPEC §5)
+# do_smooth (sparse path): SmoothQuant at the reference's default_smooth_alpha, without its alpha search.
+DO_SMOOTH_METHOD, DO_SMOOTH_PARAMS = "m1", {"alpha": 0.5}
 
 
 @dataclass
@@ -92,6 +93,8 @@ def anti_outlier_batches(
 def choose_float_layers(cfg: QuantConfig, names: Sequence[str], stats: Mapping[str, InputStats]) -> dict[str, str]:
     """Linears kept in float, with the reason: names (or defaults), last linear, threshold, level."""
     float_layers = names_fallback(cfg.disable_names, cfg.model_type, cfg.a_bit, names)
+    if cfg.quant_type == "FLOAT":
+        float_layers.update({n: "w_bit 16: no quantization" for n in names if n not in float_layers})
     if cfg.disable_last_linear:
         float_layers.setdefault(LM_HEAD, "disable_last_linear")
     scores = {n: s.quantile_score for n, s in stats.items()}
@@ -99,18 +102,6 @@ def choose_float_layers(cfg: QuantConfig, names: Sequence[str], stats: Mapping[s
     range_params = {n: stats[n].range_param for n in names if n in stats}
     float_layers.update(level_fallback(cfg.disable_level_count, range_params, list(float_layers)))
     return float_layers
-
-
-def _quantize_weights(model: nn.Module, names: Sequence[str], cfg: QuantConfig) -> dict[str, nn.Module]:
-    """Swap each named linear for a QuantLinear; return the float linears they replaced."""
-    qtype = cfg.quant_type
-    replaced = {}
-    for name in names:
-        linear = get_module(model, name)
-        qweight = quantize_weight_per_channel(linear.weight, bits=cfg.w_bit, symmetric=cfg.w_sym)
-        set_module(model, name, QuantLinear.from_float(linear, qweight, qtype))
-        replaced[name] = linear
-    return replaced
 
 
 def _untie_lm_head(model: nn.Module) -> None:
@@ -144,17 +135,20 @@ def quantize(
     observed = names if not cfg.disable_last_linear else [n for n in names if n != LM_HEAD]
     timings["calib_data_s"] = time.perf_counter() - t
 
+    anti_method, anti_params = (
+        (DO_SMOOTH_METHOD, DO_SMOOTH_PARAMS) if cfg.do_smooth else (cfg.anti_method, cfg.anti_params)
+    )
     t = time.perf_counter()
-    if needs_statistics(cfg.anti_method) and anti_stats is None:
+    if needs_statistics(anti_method) and anti_stats is None:
         anti_stats = observe_linear_inputs(model, anti_batches, observed)
     timings["observe_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     anti_report = apply_anti_outlier(
         model,
-        cfg.anti_method,
+        anti_method,
         anti_stats,
-        cfg.anti_params,
+        anti_params,
         batches=anti_batches,
         weight_bits=cfg.w_bit,
         weight_symmetric=cfg.w_sym,
@@ -170,9 +164,11 @@ def quantize(
 
     t = time.perf_counter()
     quantized = [n for n in names if n not in float_layers]
+    check_shapes(model, quantized, cfg)
     if LM_HEAD in quantized:
         _untie_lm_head(model)
-    float_linears = _quantize_weights(model, quantized, cfg)
+    float_linears = {n: get_module(model, n) for n in quantized}  # kept for the SQNR measurement
+    weight_sqnr = quantize_linears(model, quantized, cfg)
     timings["quantize_weights_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -183,7 +179,7 @@ def quantize(
 
     layers = [
         build_layer_report(
-            model, n, float_layers, post_stats, outcome.ranges, outcome.sqnr_db, anti_report.input_scales
+            model, n, float_layers, post_stats, outcome.ranges, outcome.sqnr_db, anti_report.input_scales, weight_sqnr
         )
         for n in names
     ]

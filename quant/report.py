@@ -34,15 +34,16 @@ class LayerReport:
     range_param: float | None = None
     quantile_score: float | None = None
     observer: str | None = None
-    input_min: float | None = None
-    input_max: float | None = None
-    input_scale: float | None = None
-    input_offset: float | None = None
+    input_min: float | list[float] | None = None  # lists: one value per shard (tp_size)
+    input_max: float | list[float] | None = None
+    input_scale: float | list[float] | None = None
+    input_offset: float | list[float] | None = None
     weight_scale_min: float | None = None
     weight_scale_max: float | None = None
     smooth_scale_min: float | None = None
     smooth_scale_max: float | None = None
     sqnr_db: float | None = None
+    weight_sqnr_db: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: non-finite numbers become None."""
@@ -57,6 +58,7 @@ def build_layer_report(
     ranges: Mapping[str, ActivationRange],
     sqnr: Mapping[str, float],
     smooth_scales: Mapping[str, torch.Tensor],
+    weight_sqnr: Mapping[str, float] | None = None,
 ) -> LayerReport:
     """The report row of linear ``name`` from what the pipeline's steps returned."""
     observed = stats.get(name)
@@ -67,6 +69,7 @@ def build_layer_report(
         range_param=observed.range_param if observed else None,
         quantile_score=observed.quantile_score if observed else None,
         sqnr_db=sqnr.get(name),
+        weight_sqnr_db=(weight_sqnr or {}).get(name),
     )
     if name in smooth_scales:
         report.smooth_scale_min = float(smooth_scales[name].min())

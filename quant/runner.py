@@ -39,6 +39,8 @@ def save_result(result: QuantResult, loaded: LoadedModel, save_directory: str, o
         original_dtype=loaded.original_dtype,
         extra_json={RECIPE_FILE: result.config.to_dict(), LAYER_REPORT_FILE: result.layer_report()},
         overwrite=overwrite,
+        part_file_size=result.config.part_file_size,
+        mindie_format=result.config.mindie_format,
     )
 
 

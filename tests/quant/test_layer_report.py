@@ -27,7 +27,7 @@ TEXTS = [
 FIELDS = {
     "name", "status", "reason", "quant_type", "range_param", "quantile_score", "observer", "input_min", "input_max",
     "input_scale", "input_offset", "weight_scale_min", "weight_scale_max", "smooth_scale_min", "smooth_scale_max",
-    "sqnr_db",
+    "sqnr_db", "weight_sqnr_db",
 }  # fmt: skip
 
 
