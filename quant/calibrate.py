@@ -10,7 +10,7 @@ passes of the calibration data), instead of one per linear group.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +51,11 @@ class MinMaxObserver:
 
 
 ObserverFactory = Callable[[str], ActivationObserver]
+
+# A layer watcher observes decoder layer ``index`` while calibration runs it, fully quantized, to
+# produce the next layer's inputs (KV-cache and attention quantization calibrate there): it
+# installs its hooks on entering the context and sets its parameters on leaving it.
+LayerWatcher = Callable[[int, nn.Module], contextlib.AbstractContextManager]
 
 
 @dataclass
@@ -142,19 +147,31 @@ def _fix_range(modules: Sequence[QuantLinear], observer: ActivationObserver) -> 
     return ActivationRange(observer.name, xmin, xmax, float(scale), float(offset))
 
 
+@contextlib.contextmanager
+def _watching(watchers: Sequence[LayerWatcher], index: int, layer: nn.Module) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for watch in watchers:
+            stack.enter_context(watch(index, layer))
+        yield
+
+
 def calibrate_activations(
-    model: nn.Module, batches: Sequence[Batch], make_observer: ObserverFactory
+    model: nn.Module,
+    batches: Sequence[Batch],
+    make_observer: ObserverFactory,
+    watchers: Sequence[LayerWatcher] = (),
 ) -> dict[str, ActivationRange]:
     """Set the static input scale/offset of every W8A8 ``QuantLinear`` in ``model``.
 
     ``make_observer(name)`` gives the observer for the linear called ``name`` (act_method).
+    ``watchers`` see each decoder layer's fully quantized run (see ``LayerWatcher``).
     Returns each calibrated linear's range.
     """
     static = {
         name: m for name, m in model.named_modules() if isinstance(m, QuantLinear) and m.quant_type in STATIC_ACT_TYPES
     }
     ranges: dict[str, ActivationRange] = {}
-    if not static:
+    if not static and not watchers:
         return ranges
     with torch.no_grad():
         calls = _capture_first_layer_calls(model, batches)
@@ -165,7 +182,8 @@ def calibrate_activations(
                 observers = _observe_layer_inputs(layer, calls, members, lambda n, p=prefix: make_observer(p + n))
                 for name, observer in observers.items():
                     ranges[prefix + name] = _fix_range([members[name]], observer)
-            calls = [call.with_hidden(call.run(layer)) for call in calls]
+            with _watching(watchers, i, layer):
+                calls = [call.with_hidden(call.run(layer)) for call in calls]
         if LM_HEAD in static:
             observer = make_observer(LM_HEAD)
             norm = final_norm(model)

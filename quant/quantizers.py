@@ -80,3 +80,18 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     if noise == 0:
         return float("inf")
     return float(10 * torch.log10(signal / noise))
+
+
+def symmetric_scale(amax: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Symmetric scale of a range: ``amax / (2^(b-1) - 1)``, kept above a tiny floor (all-zero channels)."""
+    return (amax.float() / (2 ** (bits - 1) - 1)).clamp(min=_EPS)
+
+
+def fake_quantize_activation(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Quantize then dequantize: ``(clamp(round(x / scale + offset)) - offset) · scale`` in x's dtype.
+
+    ``scale`` / ``offset`` broadcast against ``x`` (per tensor, channel or head); the arithmetic
+    runs in float32 so fp16 models round exactly like float32 ones.
+    """
+    x_int = quantize_activation(x.float(), scale.float(), offset.float(), bits)
+    return ((x_int - offset.float()) * scale.float()).to(x.dtype)
