@@ -30,8 +30,6 @@ NOT_YET_IMPLEMENTED_FLAGS = (
     "co_sparse",
     "use_sigma",
     "is_lowbit",
-    "use_kvcache_quant",
-    "use_fa_quant",
     "is_dynamic",
     "pdmix",
     "mindie_format",
@@ -145,7 +143,13 @@ class QuantConfig:
             raise QuantInputError("w_bit", "16 means no quantization; valid with a_bit 16 only")
         if self.use_fa_quant and self.use_kvcache_quant:
             raise QuantInputError(
-                "use_fa_quant", "cannot be combined with use_kvcache_quant True; choose one of the two"
+                "use_fa_quant",
+                "True cannot be combined with use_kvcache_quant True (attention quantization already quantizes "
+                "K and V); set one of the two to False",
+            )
+        if self.fa_amp > 0 and not self.use_fa_quant:
+            raise QuantInputError(
+                "fa_amp", f"{self.fa_amp} keeps attention layers in float, so it needs use_fa_quant True; else use 0"
             )
 
     def check_supported(self) -> None:

@@ -19,7 +19,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from quant.attention_quant import attention_quant_description
 from quant.errors import QuantInputError
+from quant.kv_cache import kv_cache_description
 from quant.qlinear import QuantLinear
 
 DESCRIPTION_VERSION = "1.0.0"
@@ -61,6 +63,9 @@ def describe_tensors(model: nn.Module, tensor_names: list[str], quant_type: str)
     for name in tensor_names:
         module_name = name.rpartition(".")[0]
         description[name] = owners.get(module_name, "FLOAT")
+    # KV-cache (C8) and attention (FAQuant) tensors, and their model-level type keys.
+    description.update(kv_cache_description(model))
+    description.update(attention_quant_description(model))
     return description
 
 

@@ -17,11 +17,13 @@ from torch import nn
 
 from quant.anti_outlier import AntiOutlierReport, apply_anti_outlier
 from quant.arch import LM_HEAD, get_module, linear_names, set_module
+from quant.attention_quant import AttentionQuantCalibrator, use_quantized_attention
 from quant.calib import Batch, read_calib_texts, tokenize_texts
 from quant.calibrate import ActivationRange, MinMaxObserver, calibrate_activations
 from quant.config import QuantConfig
 from quant.errors import QuantInputError
 from quant.fallback import level_fallback, names_fallback
+from quant.kv_cache import KVCacheCalibrator
 from quant.observe import InputStats, observe_linear_inputs
 from quant.qlinear import QuantLinear
 from quant.quantizers import quantize_weight_per_channel
@@ -59,6 +61,7 @@ class QuantResult:
     timings: dict[str, float] = field(default_factory=dict)
     calib_batches: int = 0
     calib_tokens: int = 0
+    scheme_reports: dict[str, Any] = field(default_factory=dict)  # "kv_cache", "attention_quant"
 
     @property
     def float_layers(self) -> dict[str, str]:
@@ -89,6 +92,19 @@ def _make_observer_factory(cfg: QuantConfig):
     if cfg.act_method == 1:
         return lambda _name: MinMaxObserver()
     raise QuantInputError("act_method", f"{cfg.act_method} is not implemented yet; implemented: 1")
+
+
+def _cache_and_attention_calibrators(
+    model: nn.Module, cfg: QuantConfig
+) -> dict[str, KVCacheCalibrator | AttentionQuantCalibrator]:
+    """The calibrators of KV-cache and attention quantization this recipe asks for (SPEC §4)."""
+    calibrators: dict[str, KVCacheCalibrator | AttentionQuantCalibrator] = {}
+    if cfg.use_kvcache_quant:
+        calibrators["kv_cache"] = KVCacheCalibrator()
+    if cfg.use_fa_quant:
+        use_quantized_attention(model)
+        calibrators["attention_quant"] = AttentionQuantCalibrator(fa_amp=cfg.fa_amp)
+    return calibrators
 
 
 def _quantize_weights(model: nn.Module, names: Sequence[str], cfg: QuantConfig) -> None:
@@ -158,8 +174,12 @@ def quantize(
 
     t = time.perf_counter()
     ranges: dict[str, ActivationRange] = {}
-    if cfg.quantizes_activations:
-        ranges = calibrate_activations(model, batches, _make_observer_factory(cfg))
+    calibrators = _cache_and_attention_calibrators(model, cfg)
+    watchers = [c.watch for c in calibrators.values()]
+    if cfg.quantizes_activations or watchers:
+        ranges = calibrate_activations(model, batches, _make_observer_factory(cfg), watchers)
+    if "attention_quant" in calibrators:
+        calibrators["attention_quant"].keep_float(model)
     timings["calibrate_s"] = time.perf_counter() - t
 
     layers = [_layer_report(model, n, float_layers, range_params, ranges) for n in names]
@@ -172,6 +192,7 @@ def quantize(
         timings=timings,
         calib_batches=len(batches),
         calib_tokens=sum(int(b["input_ids"].numel()) for b in batches),
+        scheme_reports={name: c.report() for name, c in calibrators.items()},
     )
 
 

@@ -13,8 +13,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from quant.anti_outlier.base import add_norm_bias
 from quant.arch import get_module, norm_modules, set_module
+from quant.attention_quant import restore_attention_quant
 from quant.device import resolve_device
 from quant.errors import QuantInputError
+from quant.kv_cache import restore_kv_cache_quant
 from quant.qlinear import SUPPORTED_TYPES, QuantLinear
 
 
@@ -69,6 +71,8 @@ def load_quantized(directory: str | Path, device_type: str = "cpu") -> ReloadedM
     for name, norm in norm_modules(model).items():
         if f"{name}.bias" in tensors:
             add_norm_bias(norm)
+    restore_kv_cache_quant(model, tensors)
+    restore_attention_quant(model, tensors)
     model.load_state_dict(tensors, strict=True)
     model = model.to(resolve_device(device_type)).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)
