@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from tiny_models import build_tiny_llama, build_tiny_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -83,7 +83,11 @@ def test_w8a16_tensors_match_spec(tmp_path, tiny_tokenizer):
     save_quantized(model, tiny_tokenizer, tmp_path / "out", quant_type="W8A16")
     tensors = load_file(tmp_path / "out" / "quant_model_weight_w8a16.safetensors")
     p = "model.layers.1.mlp.down_proj"  # a_bit 16: no default fallback, down_proj is quantized
-    assert {k.rpartition(".")[2] for k in tensors if k.startswith(p + ".")} == {"weight", "weight_scale", "weight_offset"}
+    assert {k.rpartition(".")[2] for k in tensors if k.startswith(p + ".")} == {
+        "weight",
+        "weight_scale",
+        "weight_offset",
+    }
     assert tensors[f"{p}.weight"].dtype == torch.int8
     assert "model.norm.bias" not in tensors  # no anti-outlier: norms keep no bias
 

@@ -1,0 +1,28 @@
+"""Evaluation for the quantization sweeps: BoolQ accuracy (through lm-eval) and WikiText-2 perplexity.
+
+Import submodules explicitly (``from eval.boolq import evaluate_boolq``): the package name
+``eval`` shadows the builtin only if it is bound as a bare name.
+"""
+
+from eval.boolq import BoolQExample, BoolQResult, evaluate_boolq, load_boolq_result, write_per_example
+from eval.compare import BoolQComparison, binary_kl, compare_boolq, mcnemar_exact_p
+from eval.data import normalise_label, read_boolq_jsonl, select_indices
+from eval.perplexity import PerplexityResult, read_raw_text, wikitext_perplexity
+
+__all__ = [
+    "BoolQComparison",
+    "BoolQExample",
+    "BoolQResult",
+    "PerplexityResult",
+    "binary_kl",
+    "compare_boolq",
+    "evaluate_boolq",
+    "load_boolq_result",
+    "mcnemar_exact_p",
+    "normalise_label",
+    "read_boolq_jsonl",
+    "read_raw_text",
+    "select_indices",
+    "wikitext_perplexity",
+    "write_per_example",
+]
