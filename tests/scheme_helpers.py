@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from tiny_models import build_tiny_llama
 
 from quant.config import QuantConfig
 from quant.pipeline import QuantResult, calibration_batches, quantize
+from tiny_models import build_tiny_llama
 
 CALIB_TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

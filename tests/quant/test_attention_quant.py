@@ -7,7 +7,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from scheme_helpers import CALIB_TEXTS, PROBE, calibration_inputs, last_logits_full_and_cached, quantize_tiny
-from tiny_models import build_tiny_llama
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
@@ -19,6 +18,7 @@ from quant.errors import QuantInputError
 from quant.export import save_quantized
 from quant.pipeline import quantize
 from quant.reload import load_quantized
+from tiny_models import build_tiny_llama
 
 STATES = ("q", "k", "v")
 _ORIGINAL = {"sdpa": sdpa_attention_forward, "eager": eager_attention_forward}
