@@ -31,11 +31,12 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from quant.arch import decoder_layers
-from quant.quantizers import fake_quantize_activation, symmetric_scale
+from quant.quantizers import fake_quantize_activation, symmetric_params
 
 log = logging.getLogger(__name__)
 
 FA_TYPE = "FAQuant"
+FA_BITS = 8
 STATES = ("q", "k", "v")
 # Share of each head's |values| the int8 range must cover (SPEC §4).
 COVERAGE = {"q": 0.9999, "k": 0.9999, "v": 1.0}
@@ -215,7 +216,7 @@ class AttentionQuantCalibrator:
             yield
         finally:
             delattr(attention, _RECORDER_ATTR)
-        install_head_quantizers(attention, {s: symmetric_scale(r) for s, r in recorder.ranges.items()})
+        install_head_quantizers(attention, {s: symmetric_params(r, FA_BITS)[0] for s, r in recorder.ranges.items()})
         if recorder.keep_calls:
             self.output_errors[f"model.layers.{index}.self_attn"] = recorder.output_error(attention)
 

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from quant.arch import decoder_layers
-from quant.quantizers import fake_quantize_activation, symmetric_scale
+from quant.quantizers import fake_quantize_activation, symmetric_params
 
 KV_TYPE = "C8"
+KV_BITS = 8
 KV_PROJECTIONS = ("k_proj", "v_proj")
 SCALE = "kv_cache_scale"
 OFFSET = "kv_cache_offset"
@@ -59,8 +60,8 @@ class KVCacheCalibrator:
     While calibration runs decoder layer i fully quantized, forward hooks take the running
     per-channel max |output| of its k_proj and v_proj over every calibration batch; when the
     layer is done its projections get ``scale = amax / 127`` and start fake-quantizing. The
-    calibration run itself is not changed by the observation (later layers are calibrated on
-    inputs whose attention used the unquantized cache, as the reference observes only).
+    calibration run itself is not changed by the observation: later layers are calibrated on
+    inputs whose attention used the unquantized cache.
     """
 
     amax: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -78,7 +79,11 @@ class KVCacheCalibrator:
                 handle.remove()
         for proj in KV_PROJECTIONS:
             name = f"model.layers.{index}.self_attn.{proj}"
-            add_kv_cache_quant(layer.self_attn.get_submodule(proj), symmetric_scale(self.amax[name]))
+            add_kv_cache_quant(layer.self_attn.get_submodule(proj), self.scale(name))
+
+    def scale(self, name: str) -> torch.Tensor:
+        """``amax / 127`` of the projection called ``name``, (n_kv * head_dim,)."""
+        return symmetric_params(self.amax[name], KV_BITS)[0]
 
     def _observer(self, name: str):
         def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
@@ -93,8 +98,7 @@ class KVCacheCalibrator:
         return {
             "kv_cache_type": KV_TYPE,
             "scales": {
-                name: {"max": float(symmetric_scale(a).max()), "min": float(symmetric_scale(a).min())}
-                for name, a in self.amax.items()
+                name: {"max": float(self.scale(name).max()), "min": float(self.scale(name).min())} for name in self.amax
             },
         }
 

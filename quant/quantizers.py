@@ -82,9 +82,10 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     return float(10 * torch.log10(signal / noise))
 
 
-def symmetric_scale(amax: torch.Tensor, bits: int = 8) -> torch.Tensor:
-    """Symmetric scale of a range: ``amax / (2^(b-1) - 1)``, kept above a tiny floor (all-zero channels)."""
-    return (amax.float() / (2 ** (bits - 1) - 1)).clamp(min=_EPS)
+def symmetric_params(amax: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scale = amax / (2^(b-1) - 1)`` (at least 1e-8), offset 0; same shape as ``amax``."""
+    scale = (amax / (2 ** (bits - 1) - 1)).clamp(min=_EPS)
+    return scale, torch.zeros_like(scale)
 
 
 def fake_quantize_activation(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int = 8) -> torch.Tensor:
