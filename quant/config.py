@@ -30,10 +30,7 @@ log = logging.getLogger(__name__)
 # Values accepted by validation but not built yet; removed as features land.
 IMPLEMENTED_ANTI_METHODS = ANTI_METHODS
 IMPLEMENTED_ACT_METHODS = ACT_METHODS
-NOT_YET_IMPLEMENTED_FLAGS = (
-    "use_kvcache_quant",
-    "use_fa_quant",
-)
+NOT_YET_IMPLEMENTED_FLAGS: tuple[str, ...] = ()
 NOT_YET_IMPLEMENTED_NON_DEFAULTS: tuple[str, ...] = ()
 
 
@@ -151,7 +148,13 @@ class QuantConfig:
             raise QuantInputError("w_bit", "16 means no quantization; valid with a_bit 16 only")
         if self.use_fa_quant and self.use_kvcache_quant:
             raise QuantInputError(
-                "use_fa_quant", "cannot be combined with use_kvcache_quant True; choose one of the two"
+                "use_fa_quant",
+                "True cannot be combined with use_kvcache_quant True (attention quantization already quantizes "
+                "K and V); set one of the two to False",
+            )
+        if self.fa_amp > 0 and not self.use_fa_quant:
+            raise QuantInputError(
+                "fa_amp", f"{self.fa_amp} keeps attention layers in float, so it needs use_fa_quant True; else use 0"
             )
 
     def _validate_scheme(self) -> None:

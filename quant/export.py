@@ -26,7 +26,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from quant.arch import LM_HEAD, NORM_PAIRS, decoder_layers
+from quant.attention_quant import attention_quant_description
 from quant.errors import QuantInputError
+from quant.kv_cache import kv_cache_description
 from quant.qlinear import QuantLinear
 
 DESCRIPTION_VERSION = "1.0.0"
@@ -78,6 +80,9 @@ def describe_tensors(model: nn.Module, tensor_names: list[str], quant_type: str)
         module_name = name.rpartition(".")[0]
         module = quantized.get(module_name)
         description[name] = module.quant_type if module is not None else "FLOAT"
+    # KV-cache (C8) and attention (FAQuant) tensors, and their model-level type keys.
+    description.update(kv_cache_description(model))
+    description.update(attention_quant_description(model))
     return description
 
 

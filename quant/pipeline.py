@@ -18,11 +18,13 @@ from torch import nn
 
 from quant.anti_outlier import AntiOutlierReport, apply_anti_outlier, needs_statistics
 from quant.arch import LM_HEAD, get_module, linear_names
+from quant.attention_quant import AttentionQuantCalibrator, use_quantized_attention
 from quant.calib import Batch, anti_calibration_batches, read_calib_texts, tokenize_texts
 from quant.calibrate import calibrate_activations
 from quant.config import QuantConfig
 from quant.errors import QuantInputError
 from quant.fallback import level_fallback, names_fallback, threshold_fallback
+from quant.kv_cache import KVCacheCalibrator
 from quant.observe import InputStats, observe_layerwise, observe_linear_inputs
 from quant.observers import observer_factory
 from quant.report import STATUS_FLOAT, LayerReport, build_layer_report
@@ -48,6 +50,7 @@ class QuantResult:
     timings: dict[str, float] = field(default_factory=dict)
     calib_batches: int = 0
     calib_tokens: int = 0
+    scheme_reports: dict[str, Any] = field(default_factory=dict)  # "kv_cache", "attention_quant"
 
     @property
     def float_layers(self) -> dict[str, str]:
@@ -102,6 +105,19 @@ def choose_float_layers(cfg: QuantConfig, names: Sequence[str], stats: Mapping[s
     range_params = {n: stats[n].range_param for n in names if n in stats}
     float_layers.update(level_fallback(cfg.disable_level_count, range_params, list(float_layers)))
     return float_layers
+
+
+def _cache_and_attention_calibrators(
+    model: nn.Module, cfg: QuantConfig
+) -> dict[str, KVCacheCalibrator | AttentionQuantCalibrator]:
+    """The calibrators of KV-cache and attention quantization this recipe asks for (SPEC §4)."""
+    calibrators: dict[str, KVCacheCalibrator | AttentionQuantCalibrator] = {}
+    if cfg.use_kvcache_quant:
+        calibrators["kv_cache"] = KVCacheCalibrator()
+    if cfg.use_fa_quant:
+        use_quantized_attention(model)
+        calibrators["attention_quant"] = AttentionQuantCalibrator(fa_amp=cfg.fa_amp)
+    return calibrators
 
 
 def _untie_lm_head(model: nn.Module) -> None:
@@ -173,8 +189,17 @@ def quantize(
 
     t = time.perf_counter()
     range_params = {n: s.range_param for n, s in post_stats.items()}
-    outcome = calibrate_activations(model, batches, observer_factory(cfg.act_method, range_params), float_linears)
+    calibrators = _cache_and_attention_calibrators(model, cfg)
+    outcome = calibrate_activations(
+        model,
+        batches,
+        observer_factory(cfg.act_method, range_params),
+        float_linears,
+        watchers=[c.watch for c in calibrators.values()],
+    )
     del float_linears  # the float copies were kept only for the SQNR measurement
+    if "attention_quant" in calibrators:
+        calibrators["attention_quant"].keep_float(model)
     timings["calibrate_s"] = time.perf_counter() - t
 
     layers = [
@@ -192,4 +217,5 @@ def quantize(
         timings=timings,
         calib_batches=len(batches),
         calib_tokens=sum(int(b["input_ids"].numel()) for b in batches),
+        scheme_reports={name: c.report() for name, c in calibrators.items()},
     )

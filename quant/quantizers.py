@@ -272,3 +272,13 @@ class SqnrAccumulator:
     @property
     def db(self) -> float:
         return sqnr_from_energies(self.signal, self.noise)
+
+
+def fake_quantize_activation(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Quantize then dequantize: ``(clamp(round(x / scale + offset)) - offset) · scale`` in x's dtype.
+
+    ``scale`` / ``offset`` broadcast against ``x`` (per tensor, channel or head); the arithmetic
+    runs in float32 so fp16 models round exactly like float32 ones.
+    """
+    x_int = quantize_activation(x.float(), scale.float(), offset.float(), bits)
+    return ((x_int - offset.float()) * scale.float()).to(x.dtype)

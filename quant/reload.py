@@ -13,9 +13,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from quant.anti_outlier.base import add_norm_bias
 from quant.arch import get_module, norm_modules, set_module
+from quant.attention_quant import restore_attention_quant
 from quant.device import resolve_device
 from quant.errors import QuantInputError
 from quant.export import MINDIE_NORM_COPIES
+from quant.kv_cache import restore_kv_cache_quant
 from quant.schemes import SCHEMES, module_from_saved
 
 
@@ -75,6 +77,8 @@ def load_quantized(directory: str | Path, device_type: str = "cpu") -> ReloadedM
         # Float linears that anti-outlier gave a bias (m2's shift); LLaMA linears have none.
         if isinstance(module, torch.nn.Linear) and module.bias is None and f"{name}.bias" in tensors:
             module.bias = torch.nn.Parameter(torch.zeros(module.out_features), requires_grad=False)
+    restore_kv_cache_quant(model, tensors)
+    restore_attention_quant(model, tensors)
     model.load_state_dict(tensors, strict=True)
     model = model.to(resolve_device(device_type)).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)
