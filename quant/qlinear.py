@@ -53,6 +53,9 @@ class QuantLinear(nn.Module):
             self.register_buffer("bias", torch.zeros(out_features))
         self.activations_calibrated = False
         self.register_buffer("_matmul_weight", torch.empty(0), persistent=False)
+        # W8A8 only: quant_bias and deq_scale as float32, so the forward fuses the bias into the matmul.
+        self.register_buffer("_acc_bias", torch.empty(0), persistent=False)
+        self.register_buffer("_out_scale", torch.empty(0), persistent=False)
         self.register_load_state_dict_post_hook(_after_load)
 
     @classmethod
@@ -95,6 +98,8 @@ class QuantLinear(nn.Module):
         """Rebuild the float matmul operand from the integer buffers (after any change)."""
         if self.quant_type in STATIC_ACT_TYPES and self.activations_calibrated:
             self._matmul_weight = self.weight.float()
+            self._acc_bias = self.quant_bias.float()
+            self._out_scale = int64_bits_as_float(self.deq_scale)
         else:
             self._matmul_weight = self.dequantized_weight()
 
@@ -104,8 +109,8 @@ class QuantLinear(nn.Module):
                 return F.linear(x.float(), self._matmul_weight, self.float_bias).to(x.dtype)
             x_int = quantize_activation(x.float(), self.input_scale, self.input_offset)
             # Integer-valued float matmul; float32 accumulation keeps fp16 models from overflowing.
-            acc = F.linear(x_int, self._matmul_weight) + self.quant_bias.float()
-            return (acc * int64_bits_as_float(self.deq_scale)).to(x.dtype)
+            acc = F.linear(x_int, self._matmul_weight, self._acc_bias)  # x_int·W_intᵀ + quant_bias
+            return acc.mul_(self._out_scale).to(x.dtype)
         bias = getattr(self, "bias", None)
         weight = self._matmul_weight.to(x.dtype)
         return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
