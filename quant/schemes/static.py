@@ -76,6 +76,8 @@ class StaticActLinear(QuantLinear):
             self.register_buffer("bias", torch.zeros(n))
         self.activations_calibrated = False
         self.register_buffer("_shard_weights", torch.empty(0), persistent=False)
+        self.register_buffer("_acc_bias", torch.empty(0), persistent=False)
+        self.register_buffer("_out_scale", torch.empty(0), persistent=False)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, spec: LinearSpec) -> StaticActLinear:
@@ -131,6 +133,9 @@ class StaticActLinear(QuantLinear):
         self._matmul_weight = self.dequantized_weight() if needs_float else torch.empty(0)
         # Integer weight columns per shard, for the static path: (n, k) -> (S, n, k/S).
         self._shard_weights = self.weight.float().view(self.out_features, self.shards, -1).transpose(0, 1).contiguous()
+        # quant_bias and deq_scale as float32 (S, n), so the forward fuses the bias into the matmul.
+        self._acc_bias = self.quant_bias.float().view(self.shards, self.out_features)
+        self._out_scale = int64_bits_as_float(self.deq_scale).view(self.shards, self.out_features)
 
     def after_load(self) -> None:
         self.activations_calibrated = True
@@ -155,13 +160,16 @@ class StaticActLinear(QuantLinear):
 
     def static_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``Σ_s deq_scale_s · (x_int_s · W_int_sᵀ + quant_bias_s)`` with integer-valued float matmuls."""
-        s, n = self.shards, self.out_features
+        s = self.shards
+        if s == 1:  # the common case: one fused matmul + bias, then the output scale, in place
+            x_int = quantize_activation(x.float(), self.input_scale, self.input_offset)
+            # float32 accumulation keeps fp16 models from overflowing.
+            acc = F.linear(x_int, self._shard_weights[0], self._acc_bias[0])  # x_int·W_intᵀ + quant_bias
+            return acc.mul_(self._out_scale[0]).to(x.dtype)
         xs = x.float().unflatten(-1, (s, -1))  # (..., S, k/S)
         x_int = quantize_activation(xs, self.input_scale.view(s, 1), self.input_offset.view(s, 1))
-        # float32 accumulation keeps fp16 models from overflowing.
         acc = torch.stack([F.linear(x_int[..., i, :], self._shard_weights[i]) for i in range(s)], dim=-2)  # (..., S, n)
-        deq = int64_bits_as_float(self.deq_scale).view(s, n)
-        y = ((acc + self.quant_bias.float().view(s, n)) * deq).sum(dim=-2)
+        y = ((acc + self._acc_bias) * self._out_scale).sum(dim=-2)
         return y.to(x.dtype)
 
     def _is_prefill(self, x: torch.Tensor) -> bool:

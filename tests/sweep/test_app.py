@@ -30,6 +30,7 @@ def tiny_args(tmp_path, model_dir, calib_file, boolq_file):
         f"calib.calib_file={calib_file}",
         f"eval.boolq.data_path={boolq_file}",
         "eval.boolq.limit=8",
+        f"eval.cache_dir={tmp_path}/eval-cache",
         f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
         f"tracking.artifact_root={tmp_path}/artifacts",
         "tracking.log_weights=false",
@@ -97,6 +98,7 @@ def test_end_to_end_smollm2_small_subset(tmp_path, smollm2_gguf, boolq_calib, bo
     args = [
         f"calib.calib_file={calib}",
         "eval.boolq.limit=6",
+        f"eval.cache_dir={tmp_path}/eval-cache",
         f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
         f"tracking.artifact_root={tmp_path}/artifacts",
         f"hydra.run.dir={tmp_path}/run",
@@ -115,3 +117,40 @@ def test_end_to_end_smollm2_small_subset(tmp_path, smollm2_gguf, boolq_calib, bo
     }
     assert "model/quant_model_weight_w8a8.safetensors" in artifacts
     mlflow.set_tracking_uri("")  # leave no global state behind
+
+
+def test_float_baseline_is_cached_across_processes_and_saved_model_is_evaluated(
+    tmp_path, tiny_model_dir, calib_file, tiny_boolq_file, wikitext_raw
+):
+    """Two separate sweep processes: the second reads the float baseline from the disk cache; both
+    evaluate the model reloaded from their output directory and log the tensor check."""
+    common = [
+        *tiny_args(tmp_path, tiny_model_dir, calib_file, tiny_boolq_file),
+        "eval.from_saved=true",
+        "eval.perplexity.enabled=true",
+        f"eval.perplexity.data_path={wikitext_raw}",
+        "eval.perplexity.max_tokens=200",
+        "eval.perplexity.block_size=64",
+        "eval.perplexity.stride=32",
+    ]
+    for run_dir in ("first", "second"):
+        proc = run_sweep([*common, f"hydra.run.dir={tmp_path}/{run_dir}"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = sorted(runs_of(tmp_path), key=lambda r: r.info.start_time)
+    assert first.data.tags["float_baseline_source"] == "computed"
+    assert second.data.tags["float_baseline_source"] == "disk"
+    assert (first.data.metrics["float_baseline_cache_hit"], second.data.metrics["float_baseline_cache_hit"]) == (0, 1)
+    key = first.data.tags["float_baseline_cache_key"]
+    assert second.data.tags["float_baseline_cache_key"] == key
+    assert (tmp_path / "eval-cache" / "boolq" / f"{key}.json").is_file()
+    for run in (first, second):
+        tags, metrics = run.data.tags, run.data.metrics
+        assert tags["eval_source"] == "saved_directory" and tags["eval_matches_saved"] == "true"
+        assert tags["eval_state_sha256"] == tags["eval_saved_tensors_sha256"]
+        assert metrics["wikitext2_ppl"] > 1 and metrics["float_wikitext2_ppl"] > 1
+        assert metrics["wikitext2_n_tokens"] == metrics["float_wikitext2_n_tokens"]
+    for name in ("float_boolq_acc", "float_wikitext2_ppl", "boolq_acc", "wikitext2_ppl"):
+        assert first.data.metrics[name] == second.data.metrics[name]
+    # Both jobs quantized the same model with the same recipe: the same saved tensors.
+    assert first.data.tags["eval_saved_tensors_sha256"] == second.data.tags["eval_saved_tensors_sha256"]
+    mlflow.set_tracking_uri("")
