@@ -85,6 +85,22 @@ def calibration_batches(tokenizer: Any, cfg: QuantConfig, device: torch.device |
     )
 
 
+def observed_linears(model: nn.Module, cfg: QuantConfig) -> list[str]:
+    """The linears whose inputs the recipe observes, in module order."""
+    names = linear_names(model)
+    # lm_head statistics cost a vocabulary-sized matmul per token: gather them only if it may be quantized.
+    return names if not cfg.disable_last_linear else [n for n in names if n != LM_HEAD]
+
+
+def observe_float_model(model: nn.Module, batches: Sequence[Batch], cfg: QuantConfig) -> dict[str, InputStats]:
+    """The float model's input statistics that ``quantize(..., anti_stats=...)`` accepts.
+
+    They depend only on the model, the batches and ``disable_last_linear`` (not on the anti-outlier
+    method, act_method or disable_level), so a sweep may compute them once for many recipes.
+    """
+    return observe_linear_inputs(model, batches, observed_linears(model, cfg))
+
+
 def _make_observer_factory(cfg: QuantConfig):
     if cfg.act_method == 1:
         return lambda _name: MinMaxObserver()
@@ -125,13 +141,12 @@ def quantize(
     t = time.perf_counter()
     batches = list(calib_batches) if calib_batches is not None else calibration_batches(tokenizer, cfg, device)
     names = linear_names(model)
-    # lm_head statistics cost a vocabulary-sized matmul per token: gather them only if it may be quantized.
-    observed = names if not cfg.disable_last_linear else [n for n in names if n != LM_HEAD]
+    observed = observed_linears(model, cfg)
     timings["calib_data_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if cfg.anti_method != "none" and anti_stats is None:
-        anti_stats = observe_linear_inputs(model, batches, observed)
+        anti_stats = observe_float_model(model, batches, cfg)
     timings["observe_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
