@@ -149,6 +149,8 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     parent = read_parent_file(hydra_cfg.sweep.dir) if multirun else None
+    if multirun and parent is None:
+        log.warning("no parent run recorded in %s (hydra.callbacks without SweepParentRun?)", hydra_cfg.sweep.dir)
     choices = {k: str(v) for k, v in hydra_cfg.runtime.choices.items()}
     name = run_name(cfg, choices, list(hydra_cfg.overrides.task))
     tags = job_tags(cfg, parent)

@@ -61,7 +61,8 @@ class SweepParentRun(Callback):
         experiment_id = setup_experiment(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_root)
         client = MlflowClient(tracking.tracking_uri)
         task_overrides = list(config.hydra.overrides.task)
-        sweeper_params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False)
+        params = config.hydra.sweeper.get("params")
+        sweeper_params = OmegaConf.to_container(params, resolve=False) if params else {}
         key = sweep_key(kwargs.get("config_name"), task_overrides, sweeper_params)
         reap_dead_runs(client, experiment_id, key)
         grid = str(config.hydra.runtime.choices.get("grid") or "cli")

@@ -123,7 +123,7 @@ def check_comparable(records: Sequence[RunRecord]) -> None:
             raise QuantInputError(
                 "filter",
                 f"the runs differ in {param} ({', '.join(values[:4])}); select among comparable runs, "
-                f"e.g. filter=\"params.`{param}` = '{values[0]}'\"",
+                f"e.g. with the MLflow filter params.`{param}` = '{values[0]}' (docs/sweeps.md shows the quoting)",
             )
 
 
