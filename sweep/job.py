@@ -118,7 +118,9 @@ def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, s
             anti_stats = shared_work.float_observation(loaded, batches, qcfg, disk_cache(cfg))
         metrics["shared_observation_s"] = time.perf_counter() - t0
 
+        t0 = time.perf_counter()
         job_model = shared_work.private_copy(loaded)
+        metrics["copy_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         result = quantize(job_model.model, job_model.tokenizer, qcfg, calib_batches=batches, anti_stats=anti_stats)
         metrics["quantize_s"] = time.perf_counter() - t0
