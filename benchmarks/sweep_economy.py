@@ -69,6 +69,13 @@ def run(args: list[str], log: Path) -> float:
     return seconds
 
 
+def drop_weights(directory: Path) -> None:
+    """Delete the quantized weight files under ``directory`` (about 0.4 GB per SmolLM2 output);
+    their sha256 is in MLflow. Done between timed runs."""
+    for path in directory.rglob("quant_model_weight_*.safetensors"):
+        path.unlink()
+
+
 def job_metrics(out: Path, arm: str) -> list[dict[str, float]]:
     client = MlflowClient(f"sqlite:///{out}/{arm}/mlflow.db")
     experiment = client.get_experiment_by_name(f"economy-{arm}")
@@ -105,6 +112,7 @@ def main() -> None:
     (out / "sweep").mkdir()
     sweep_args = ["-m", "grid=economy12", *common_overrides(out, "sweep", calib, args.boolq_limit)]
     result["sweep_s"] = run([*sweep_args, f"cache.dir={out}/cache"], out / "sweep" / "log.txt")
+    drop_weights(out / "sweep")
     print(f"one sweep: {result['sweep_s']:.1f} s", flush=True)
 
     arms = [("separate", "cache.dir=null")] + ([("separate_warm", f"cache.dir={out}/cache")] if args.warm else [])
@@ -115,6 +123,7 @@ def main() -> None:
             single = [f"anti_method={anti}", f"disable_level={level}", f"hydra.run.dir={out}/{arm}/{anti}-{level}"]
             overrides = [*single, *common_overrides(out, arm, calib, args.boolq_limit), cache]
             times.append(run(overrides, out / arm / "log.txt"))
+            drop_weights(out / arm)
             print(f"{arm} {anti} {level}: {times[-1]:.1f} s", flush=True)
         result[f"{arm}_s"] = sum(times)
         result[f"{arm}_per_process_s"] = times
