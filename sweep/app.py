@@ -117,9 +117,11 @@ def _record_invalid_job(cfg: DictConfig, name: str, tags: dict[str, str], exc: E
     return run_id
 
 
-def _last_run_id() -> str | None:
+def _last_run_id(before: str | None = None) -> str | None:
+    """The id of the run MLflow last started, unless it is ``before`` (the job then started none)."""
     run = mlflow.last_active_run()
-    return run.info.run_id if run is not None else None
+    run_id = run.info.run_id if run is not None else None
+    return None if run_id == before else run_id
 
 
 def print_results(outcome: JobOutcome, cfg: DictConfig) -> None:
@@ -175,20 +177,21 @@ def main(cfg: DictConfig) -> float:
             sys.exit(EXIT_BAD_INPUT)
         report("FAILED", _record_invalid_job(cfg, name, tags, exc), note=str(exc))
         return math.nan
+    previous_run = _last_run_id()
     try:
         outcome = run_job(cfg, qcfg, name, tags, log_weights)
     except QuantInputError as exc:
         if not multirun:
             print(f"sweep: error: {exc}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
-        report("FAILED", _last_run_id(), note=str(exc))
+        report("FAILED", _last_run_id(previous_run), note=str(exc))
         return math.nan
     except Exception as exc:
         log.exception("job %s failed", name)
         if not multirun:
             print(f"sweep: error: job failed: {exc.__class__.__name__}: {exc}", file=sys.stderr)
             sys.exit(EXIT_JOB_FAILED)
-        report("FAILED", _last_run_id(), note=f"{exc.__class__.__name__}: {exc}")
+        report("FAILED", _last_run_id(previous_run), note=f"{exc.__class__.__name__}: {exc}")
         return math.nan
     if multirun:
         report("FINISHED", outcome.run_id, outcome.metrics)

@@ -190,6 +190,10 @@ def test_select_bad_input_is_one_line(tiny_inputs, capsys):
 
 def test_promoted_weights_of_a_real_sweep_come_back_from_mlflow_alone(sweep8, tmp_path, capsys):
     inputs = sweep8.inputs
+    parent = next(r for r in sweep8.runs() if r.data.tags.get("sweep.role") == "parent")
+    assert main(["--dry-run", f"sweep={parent.info.run_id}", *inputs.tool_args()]) == 0
+    ranked_rows = [line for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
+    assert len(ranked_rows) == 7 and "CHAMPION" in ranked_rows[0]  # the sweep's 7 finished configs
     assert main(inputs.tool_args()) == 0
     # The expected champion, computed here from the runs: eligible under the default rule, then
     # highest accuracy, then smallest output, then earliest.
