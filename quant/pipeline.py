@@ -93,6 +93,22 @@ def anti_outlier_batches(
     )
 
 
+def observed_linears(model: nn.Module, cfg: QuantConfig) -> list[str]:
+    """The linears whose inputs the recipe observes, in module order."""
+    names = linear_names(model)
+    # lm_head statistics cost a vocabulary-sized matmul per token: gather them only if it may be quantized.
+    return names if not cfg.disable_last_linear else [n for n in names if n != LM_HEAD]
+
+
+def observe_float_model(model: nn.Module, batches: Sequence[Batch], cfg: QuantConfig) -> dict[str, InputStats]:
+    """The float model's input statistics that ``quantize(..., anti_stats=...)`` accepts.
+
+    They depend only on the model, the batches and ``disable_last_linear`` (not on the anti-outlier
+    method, act_method or disable_level), so a sweep may compute them once for many recipes.
+    """
+    return observe_linear_inputs(model, batches, observed_linears(model, cfg))
+
+
 def choose_float_layers(cfg: QuantConfig, names: Sequence[str], stats: Mapping[str, InputStats]) -> dict[str, str]:
     """Linears kept in float, with the reason: names (or defaults), last linear, threshold, level."""
     float_layers = names_fallback(cfg.disable_names, cfg.model_type, cfg.a_bit, names)
@@ -147,8 +163,7 @@ def quantize(
     batches = list(calib_batches) if calib_batches is not None else calibration_batches(tokenizer, cfg, device)
     anti_batches = anti_outlier_batches(tokenizer, cfg, device, batches)
     names = linear_names(model)
-    # lm_head statistics cost a vocabulary-sized matmul per token: gather them only if it may be quantized.
-    observed = names if not cfg.disable_last_linear else [n for n in names if n != LM_HEAD]
+    observed = observed_linears(model, cfg)
     timings["calib_data_s"] = time.perf_counter() - t
 
     anti_method, anti_params = (
@@ -156,7 +171,7 @@ def quantize(
     )
     t = time.perf_counter()
     if needs_statistics(anti_method) and anti_stats is None:
-        anti_stats = observe_linear_inputs(model, anti_batches, observed)
+        anti_stats = observe_float_model(model, anti_batches, cfg)
     timings["observe_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -22,18 +22,27 @@ from eval.fingerprint import check_model_matches_saved
 from eval.perplexity import wikitext_perplexity
 from quant.config import QuantConfig
 from quant.export import LAYER_REPORT_FILE, RECIPE_FILE
-from quant.pipeline import quantize
+from quant.model_io import LoadedModel
+from quant.pipeline import calibration_batches, quantize
 from quant.reload import load_quantized
+from quant.report_plot import plot_layer_sqnr
 from quant.runner import check_inputs, save_result
 from sweep import shared_work
+from sweep.disk_cache import DiskCache
+from sweep.plots import layer_range_figure
 from sweep.tracking import finite_metrics, flatten, setup_experiment, sha256_file, tracked_run
 
 log = logging.getLogger(__name__)
 
+BOOLQ_RESULT_ARTIFACT = "eval/boolq_result.json"  # BoolQResult.to_dict(): accuracy, config, per-example rows
+FLOAT_BOOLQ_RESULT_ARTIFACT = "eval/float_boolq_result.json"
+WEIGHTS_ARTIFACT_DIR = "model"  # the whole saved output directory, when weights are logged
+SHA256_ARTIFACT = "quantized/weights_sha256.json"
+
 
 @dataclass
 class JobOutcome:
-    """What a finished job reports back (to the console table and to any sweeper)."""
+    """What a finished job reports back (to the console and to any sweeper)."""
 
     run_id: str
     quant_type: str
@@ -66,12 +75,17 @@ def _device_of(model: Any) -> str:
     return str(next(model.parameters()).device)
 
 
+def disk_cache(cfg: DictConfig) -> DiskCache | None:
+    """The sweep's content-keyed disk cache (``cache.dir``), or None when disabled."""
+    directory = cfg.get("cache", {}).get("dir")
+    return DiskCache(directory) if directory else None
+
+
 def float_baseline(cfg: DictConfig, qcfg: QuantConfig) -> FloatBaseline:
     """The float model's BoolQ (and perplexity if enabled): from this process's memory, else from
     the disk cache ``eval.cache_dir`` (shared by processes, keyed by content), else computed."""
     loaded = _float_model(cfg, qcfg)
     memo_key = (loaded.fingerprint, json.dumps(OmegaConf.to_container(cfg.eval, resolve=True), sort_keys=True))
-    hits_before = shared_work.cache_hits.get("baseline", 0)
     baseline = shared_work.memoized(
         "baseline",
         memo_key,
@@ -83,7 +97,7 @@ def float_baseline(cfg: DictConfig, qcfg: QuantConfig) -> FloatBaseline:
             perplexity=_perplexity_args(cfg),
         ),
     )
-    if shared_work.cache_hits.get("baseline", 0) > hits_before:
+    if shared_work.events()[-1].hit:
         return dataclasses.replace(baseline, source="memory", seconds=0.0)
     return baseline
 
@@ -101,50 +115,80 @@ def _evaluation_model(cfg: DictConfig, job_model: Any, saved_directory: Path, de
     return model, tokenizer
 
 
-def _float_model(cfg: DictConfig, qcfg: QuantConfig) -> Any:
+def _float_model(cfg: DictConfig, qcfg: QuantConfig) -> LoadedModel:
     return shared_work.float_model(
         qcfg.model_path,
         device_type=qcfg.device_type,
         trust_remote_code=qcfg.trust_remote_code,
         tokenizer_args=qcfg.tokenizer_args,
         allow_pickle=bool(cfg.model.get("allow_pickle", False)),
+        disk=disk_cache(cfg),
+        disk_policy=str(cfg.get("cache", {}).get("float_model", "converted")),
     )
 
 
-def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, str]) -> JobOutcome:
+def _float_size_bytes(loaded: LoadedModel) -> float:
+    """Bytes of the float model's tensors in its checkpoint dtype, tied tensors counted twice as the
+    quantized output stores them: the denominator of the compression ratio."""
+    itemsize = loaded.original_dtype.itemsize
+    return float(sum(t.numel() * itemsize for t in loaded.model.state_dict().values()))
+
+
+def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, str], log_weights: bool) -> JobOutcome:
     """Quantize, save, evaluate and log one recipe inside its own MLflow run.
 
+    Shared work (float model, calibration statistics, float baseline) comes from
+    :mod:`sweep.shared_work`; what was reused is logged as ``cache.*`` tags and metrics.
     Any exception marks the run FAILED (with the error) and propagates to the caller.
     """
+    started = time.perf_counter()
     tracking = cfg.tracking
     experiment_id = setup_experiment(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_root)
+    shared_work.reset_events()
     with tracked_run(experiment_id, run_name, tags) as run:
         mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
-        check_inputs(qcfg, overwrite=bool(cfg.overwrite))
+        overwrite = bool(cfg.overwrite) or _is_own_leftover(qcfg)
+        check_inputs(qcfg, overwrite=overwrite)
 
         metrics: dict[str, float] = {}
         t0 = time.perf_counter()
         loaded = _float_model(cfg, qcfg)
         metrics["load_s"] = time.perf_counter() - t0
+        metrics["float_size_bytes"] = _float_size_bytes(loaded)
         baseline = float_baseline(cfg, qcfg) if cfg.eval.float_baseline else None
         if baseline is not None:
             metrics["float_baseline_cache_hit"] = float(baseline.source != "computed")
             metrics["float_baseline_s"] = baseline.seconds
             mlflow.set_tags({"float_baseline_source": baseline.source, "float_baseline_cache_key": baseline.cache_key})
 
-        job_model = shared_work.private_copy(loaded)
         t0 = time.perf_counter()
-        result = quantize(job_model.model, job_model.tokenizer, qcfg)
+        device = next(loaded.model.parameters()).device
+        batches = calibration_batches(loaded.tokenizer, qcfg, device)
+        anti_stats = None
+        # The shared float observation covers the calibration batches; a separate anti_calib_file
+        # (or no anti-outlier method) leaves the statistics to quantize() itself.
+        if qcfg.anti_method != "none" and not qcfg.anti_calib_file:
+            anti_stats = shared_work.float_observation(loaded, batches, qcfg, disk_cache(cfg))
+        metrics["shared_observation_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        job_model = shared_work.private_copy(loaded)
+        metrics["copy_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = quantize(job_model.model, job_model.tokenizer, qcfg, calib_batches=batches, anti_stats=anti_stats)
         metrics["quantize_s"] = time.perf_counter() - t0
         metrics.update({f"time_{k}": v for k, v in result.timings.items()})
-        saved = save_result(result, job_model, qcfg.save_directory, overwrite=bool(cfg.overwrite))
+        t0 = time.perf_counter()
+        saved = save_result(result, job_model, qcfg.save_directory, overwrite=overwrite)
+        metrics["save_s"] = time.perf_counter() - t0
         metrics["size_bytes"] = float(saved.total_bytes)
         metrics["float_layers"] = float(len(result.float_layers))
 
         eval_model, eval_tokenizer = _evaluation_model(cfg, job_model, saved.directory, qcfg.device_type)
         quant_eval = evaluate_boolq(eval_model, eval_tokenizer, device=_device_of(eval_model), **_boolq_args(cfg))
         metrics.update(quant_eval.to_metrics("boolq_"))
+        mlflow.log_dict(quant_eval.to_dict(), BOOLQ_RESULT_ARTIFACT)
         ppl_args = _perplexity_args(cfg)
         if ppl_args is not None:
             metrics.update(wikitext_perplexity(eval_model, eval_tokenizer, **ppl_args).to_metrics("wikitext2_"))
@@ -153,13 +197,46 @@ def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, s
             metrics.update(compare_boolq(baseline.boolq, quant_eval).to_metrics("vs_float_"))
             if baseline.perplexity is not None:
                 metrics.update(baseline.perplexity.to_metrics("float_wikitext2_"))
-            mlflow.log_dict(baseline.boolq.to_dict(), "eval/float_boolq.json")
+            mlflow.log_dict(baseline.boolq.to_dict(), FLOAT_BOOLQ_RESULT_ARTIFACT)
 
-        _log_outputs(saved.directory, saved.weight_files, bool(tracking.log_weights))
-        mlflow.log_dict([row.__dict__ for row in quant_eval.per_example], "eval/boolq_per_example.json")
+        _log_outputs(saved.directory, saved.weight_files, log_weights)
+        mlflow.log_figure(layer_range_figure(result.layer_report()), "plots/layer_range_param.png")
+        _log_sqnr_plot(result.layer_report(), saved.directory)
+        _log_cache_events(metrics)
+        metrics["job_s"] = time.perf_counter() - started
         mlflow.log_metrics(finite_metrics(metrics))
         mlflow.set_tag("quant_type", result.quant_type)
         return JobOutcome(run.info.run_id, result.quant_type, metrics, str(saved.directory))
+
+
+def _log_sqnr_plot(rows: list[dict[str, Any]], directory: Path) -> None:
+    """The per-layer SQNR plot (float layers marked), written beside the weights and logged."""
+    path = plot_layer_sqnr(rows, directory / "quant_layer_sqnr.png", title=directory.name)
+    mlflow.log_artifact(str(path), "plots")
+
+
+def _is_own_leftover(qcfg: QuantConfig) -> bool:
+    """Whether ``save_directory`` holds the output of this very recipe from an interrupted attempt
+    (its saved recipe equals this one): a resumed job may then replace it."""
+    recipe = Path(qcfg.save_directory) / RECIPE_FILE
+    try:
+        return json.loads(recipe.read_text(encoding="utf-8")) == json.loads(json.dumps(qcfg.to_dict(), default=str))
+    except (OSError, ValueError):
+        return False
+
+
+def _log_cache_events(metrics: dict[str, float]) -> None:
+    """Per kind of shared work: ``cache.<kind>`` = memory / disk / computed (its first lookup in this
+    job, the one that paid or saved the work) and ``cache.<kind>.key`` tags; hits as metrics."""
+    first: dict[str, shared_work.CacheEvent] = {}
+    for event in shared_work.events():
+        first.setdefault(event.kind, event)
+    for kind, event in first.items():
+        mlflow.set_tag(f"cache.{kind}", event.outcome)
+        mlflow.set_tag(f"cache.{kind}.key", event.key)
+        metrics[f"cache_hit_{kind}"] = float(event.hit)
+        metrics[f"cache_{kind}_s"] = event.seconds
+    metrics["cache_hits"] = float(sum(event.hit for event in first.values()))
 
 
 def _log_outputs(directory: Path, weight_files: list[Path], log_weights: bool) -> None:
@@ -168,9 +245,10 @@ def _log_outputs(directory: Path, weight_files: list[Path], log_weights: bool) -
         if path.name.startswith("quant_model_description") or path.name in (RECIPE_FILE, LAYER_REPORT_FILE):
             mlflow.log_artifact(str(path), "quantized")
     hashes = {p.name: sha256_file(p) for p in weight_files}
-    mlflow.log_dict(hashes, "quantized/weights_sha256.json")
+    mlflow.log_dict(hashes, SHA256_ARTIFACT)
     for name, digest in hashes.items():
         mlflow.set_tag(f"sha256.{name}", digest)
     mlflow.set_tag("save_directory", str(directory))
+    mlflow.set_tag("weights_logged", str(log_weights).lower())
     if log_weights:
-        mlflow.log_artifacts(str(directory), "model")
+        mlflow.log_artifacts(str(directory), WEIGHTS_ARTIFACT_DIR)

@@ -12,6 +12,9 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from quant.errors import QuantInputError
 
 MAX_PARAM_CHARS = 500
 
@@ -66,7 +69,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def tracked_run(
     experiment_id: str, run_name: str, tags: Mapping[str, str] | None = None, nested: bool = False
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that always ends: FINISHED on success, FAILED with the error on any exception.
+    """An MLflow run that always ends: FINISHED on success, FAILED with the error on any exception,
+    KILLED when interrupted (Ctrl-C, or SIGTERM turned into KeyboardInterrupt by the sweep).
 
     The error is recorded as the ``error`` tag and an ``error.txt`` artifact, then re-raised.
     """
@@ -75,10 +79,27 @@ def tracked_run(
         yield run
     except BaseException as exc:
         message = f"{exc.__class__.__name__}: {exc}"
+        status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
         try:
             mlflow.set_tag("error", message[:5000])
             mlflow.log_text(message, "error.txt")
         finally:
-            mlflow.end_run(status=RunStatus.to_string(RunStatus.FAILED))
+            mlflow.end_run(status=RunStatus.to_string(status))
         raise
     mlflow.end_run(status=RunStatus.to_string(RunStatus.FINISHED))
+
+
+def open_existing_experiment(tracking_uri: str, experiment_name: str) -> tuple[MlflowClient, str]:
+    """A client on ``tracking_uri`` and the id of ``experiment_name``, which must exist already
+    (tools that read results never create stores or experiments)."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).is_file():
+        raise QuantInputError("tracking.tracking_uri", f"no MLflow store at {tracking_uri}")
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        names = ", ".join(e.name for e in client.search_experiments()) or "none"
+        raise QuantInputError(
+            "tracking.experiment_name", f"no experiment {experiment_name!r} in {tracking_uri}; experiments: {names}"
+        )
+    return client, experiment.experiment_id

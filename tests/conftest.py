@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
+from tiny_data import save_tiny_model_dir, write_calib_file, write_tiny_boolq
 from tiny_models import build_tiny_llama, build_tiny_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,46 +33,19 @@ def tiny_model():
 @pytest.fixture()
 def tiny_model_dir(tmp_path, tiny_tokenizer) -> Path:
     """A tiny LLaMA saved as an HF directory (safetensors + tokenizer)."""
-    path = tmp_path / "tiny-llama"
-    build_tiny_llama("llama2").save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model_dir(tmp_path / "tiny-llama", tiny_tokenizer)
 
 
 @pytest.fixture()
 def calib_file(tmp_path) -> Path:
     """Eight short calibration texts in the reference's JSONL form."""
-    texts = [
-        "The quick brown fox jumps over the lazy dog.",
-        "Question: is the sky blue? Answer: yes",
-        "Ethanol fuel takes energy to produce from biomass.",
-        "There are 15 trees in the grove.",
-        "Ghost in the Shell is an anime film produced in 1995.",
-        "A passage about history, science and music.",
-        "Question: is fire cold? Answer: no",
-        "Grove workers will plant trees today.",
-    ]
-    path = tmp_path / "calib.jsonl"
-    path.write_text("".join(json.dumps({"id": i, "inputs_pretokenized": t}) + "\n" for i, t in enumerate(texts)))
-    return path
+    return write_calib_file(tmp_path / "calib.jsonl")
 
 
 @pytest.fixture()
 def tiny_boolq_file(tmp_path) -> Path:
     """Eight BoolQ-style examples in the shared file's format (label "true"/"false")."""
-    rows = [
-        ("is the sky blue", "The sky is blue on a clear day.", "true"),
-        ("is fire cold", "Fire is hot.", "false"),
-        ("do fish swim", "Fish swim in water.", "true"),
-        ("is ice hot", "Ice is frozen water and cold.", "false"),
-        ("is the grove full of trees", "There are 15 trees in the grove.", "true"),
-        ("is ethanol free to produce", "Ethanol fuel takes energy to produce.", "false"),
-        ("was the film produced in 1995", "Ghost in the Shell was produced in 1995.", "true"),
-        ("is the dog quick", "The quick brown fox jumps over the lazy dog.", "false"),
-    ]
-    path = tmp_path / "boolq.jsonl"
-    path.write_text("".join(json.dumps({"question": q, "passage": p, "label": lab}) + "\n" for q, p, lab in rows))
-    return path
+    return write_tiny_boolq(tmp_path / "boolq.jsonl")
 
 
 def _require(path: Path) -> Path:

@@ -1,0 +1,104 @@
+"""Job and sweep identity (config hash, sweep key), the named grids' sizes, run bookkeeping."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from mlflow.tracking import MlflowClient
+from omegaconf import open_dict
+
+import sweep.app  # noqa: F401  (registers the repo_root resolver the configs use)
+from sweep.callbacks import count_jobs
+from sweep.compose import CONF_DIR
+from sweep.provenance import config_hash, sweep_key
+from sweep.sweep_run import reap_dead_runs
+from sweep.tracking import tracked_run
+
+
+def _compose(overrides: list[str]):
+    """A single job's config, as the task function sees it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def test_config_hash_ignores_where_results_go_and_follows_what_defines_them(tiny_model_dir):
+    base = [f"model.path={tiny_model_dir}"]
+    reference = config_hash(_compose(base))
+    for volatile in ("tracking.experiment_name=other", "cache.dir=/elsewhere", "resume=false", "overwrite=true"):
+        assert config_hash(_compose([*base, volatile])) == reference, volatile
+    for change in ("act_method=2", "disable_level=L1", "eval.boolq.limit=50", "anti_method.params.alpha=0.6"):
+        assert config_hash(_compose([*base, change])) != reference, change
+    assert config_hash(_compose([*base, "anti_method=none"])) != reference
+    weights = tiny_model_dir / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the model file was replaced
+    assert config_hash(_compose(base)) != reference
+
+
+def test_sweep_key_is_order_free_and_follows_the_axes():
+    key = sweep_key("config", ["a=1,2", "b=x"], {"c": "1,2"})
+    assert sweep_key("config", ["b=x", "a=1,2"], {"c": "1,2"}) == key
+    assert sweep_key("config", ["a=1,2", "b=y"], {"c": "1,2"}) != key
+    assert sweep_key("config", ["a=1,2", "b=x"], {"c": "1,2,3"}) != key
+
+
+@pytest.mark.parametrize(
+    ("grid", "extra", "jobs"),
+    [
+        ("mission", [], 6 * 3 * 6),
+        ("economy12", [], 12),
+        ("smoke", [], 4),
+        ("alpha", [], 7 * 2),
+        ("schemes", [], 8),
+        ("calib_sets", [], 8),
+        ("smoke", ["act_method=1,2,3"], 12),
+        ("mission", ["anti_method=none,m1,m2,m3,m4,m5,m6"], 7 * 3 * 6),  # the command line wins
+    ],
+)
+def test_named_grids_compose_to_the_declared_number_of_jobs(grid, extra, jobs):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        # What the callback receives: the multirun config, sweep overrides not yet expanded.
+        cfg = GlobalHydra.instance().hydra.compose_config("config", [f"grid={grid}", *extra], run_mode=RunMode.MULTIRUN)
+    assert count_jobs(cfg) == jobs
+
+
+def test_tracked_run_marks_an_interrupted_job_killed(tiny_inputs):
+    mlflow.set_tracking_uri(tiny_inputs.uri)
+    experiment_id = mlflow.create_experiment("e")
+    with pytest.raises(KeyboardInterrupt), tracked_run(experiment_id, "interrupted") as run:
+        raise KeyboardInterrupt("signal 15")
+    finished = MlflowClient(tiny_inputs.uri).get_run(run.info.run_id)
+    assert finished.info.status == "KILLED" and finished.data.tags["error"] == "KeyboardInterrupt: signal 15"
+    mlflow.set_tracking_uri("")
+
+
+def test_reap_marks_only_runs_of_dead_processes_on_this_host_killed(tiny_inputs):
+    client = MlflowClient(tiny_inputs.uri)
+    experiment_id = client.create_experiment("e")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = dead.stdout.strip()
+
+    def job(pid: str, host: str, key: str = "k") -> str:
+        tags = {"sweep.key": key, "sweep.role": "job", "sweep.pid": pid, "sweep.host": host}
+        return client.create_run(experiment_id, tags=tags).info.run_id
+
+    orphan = job(dead_pid, socket.gethostname())
+    alive = job(str(os.getpid()), socket.gethostname())
+    remote = job(dead_pid, "another-host")
+    other_sweep = job(dead_pid, socket.gethostname(), key="other")
+    assert reap_dead_runs(client, experiment_id, "k") == [orphan]
+    statuses = {r: client.get_run(r).info.status for r in (orphan, alive, remote, other_sweep)}
+    assert statuses == {orphan: "KILLED", alive: "RUNNING", remote: "RUNNING", other_sweep: "RUNNING"}
