@@ -29,6 +29,8 @@ from sweep import shared_work
 from sweep.tracking import finite_metrics, flatten, setup_experiment, sha256_file, tracked_run
 
 log = logging.getLogger(__name__)
+# What produced a BoolQ number, beyond the eval.* params: logged as boolq.<key> tags.
+_LOGGED_BOOLQ_CONFIG = ("lm_eval_version", "task_config_hash", "data_sha256", "bos_prepended", "selection")
 
 
 @dataclass
@@ -151,12 +153,15 @@ def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, s
         if baseline is not None:
             metrics.update(baseline.boolq.to_metrics("float_boolq_"))
             metrics.update(compare_boolq(baseline.boolq, quant_eval).to_metrics("vs_float_"))
+            # A cached baseline's time is that of the run which computed it.
+            metrics["vs_float_eval_time_ratio"] = quant_eval.elapsed / baseline.boolq.elapsed
             if baseline.perplexity is not None:
                 metrics.update(baseline.perplexity.to_metrics("float_wikitext2_"))
             mlflow.log_dict(baseline.boolq.to_dict(), "eval/float_boolq.json")
 
         _log_outputs(saved.directory, saved.weight_files, bool(tracking.log_weights))
         mlflow.log_dict([row.__dict__ for row in quant_eval.per_example], "eval/boolq_per_example.json")
+        mlflow.set_tags({f"boolq.{k}": str(quant_eval.config.get(k)) for k in _LOGGED_BOOLQ_CONFIG})
         mlflow.log_metrics(finite_metrics(metrics))
         mlflow.set_tag("quant_type", result.quant_type)
         return JobOutcome(run.info.run_id, result.quant_type, metrics, str(saved.directory))
