@@ -9,9 +9,11 @@ the per-batch extremes and centred spread it feeds the float-fallback rules (SPE
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -116,15 +118,27 @@ def quantile_score(x: torch.Tensor) -> float:
 
     The input is flattened and sorted; every 100th value from index 50 is the sample (all
     values when there are fewer than 51); ``score = 2·amax/254 / (q75 − q25 + 1e-10)`` with
-    amax = max|x| over the whole input and q25/q75 the sample's quartiles (linear interpolation).
+    amax = max|x| over the whole input and q25/q75 the sample's quartiles (linear interpolation,
+    as numpy / torch.quantile). Only the four order statistics the quartiles interpolate between
+    are selected (one partial partition), not a full sort.
     """
-    ordered = x.detach().reshape(-1).float().sort().values
-    sample = ordered[QUANTILE_SAMPLE_START::QUANTILE_SAMPLE_STEP]
-    if sample.numel() == 0:
-        sample = ordered
-    q25, q75 = torch.quantile(sample.double(), torch.tensor([0.25, 0.75], dtype=torch.float64))
-    amax = float(ordered.abs().max())
-    return float(2 * amax / 254 / (float(q75 - q25) + 1e-10))
+    flat = x.detach().reshape(-1).float().cpu().numpy()
+    n = flat.size
+    start, step = (QUANTILE_SAMPLE_START, QUANTILE_SAMPLE_STEP) if n > QUANTILE_SAMPLE_START else (0, 1)
+    size = (n - start + step - 1) // step  # sample = sorted(flat)[start::step]
+    positions = {q: q * (size - 1) for q in (0.25, 0.75)}  # fractional index into the sample
+    sample_index = sorted({f(p) for p in positions.values() for f in (math.floor, math.ceil)})
+    ranks = [start + i * step for i in sample_index]
+    selected = np.partition(flat, ranks)
+    value = {i: float(selected[r]) for i, r in zip(sample_index, ranks)}
+
+    def quartile(q: float) -> float:
+        pos = positions[q]
+        low, high = math.floor(pos), math.ceil(pos)
+        return value[low] + (pos - low) * (value[high] - value[low])
+
+    amax = float(np.abs(flat).max())
+    return 2 * amax / 254 / (quartile(0.75) - quartile(0.25) + 1e-10)
 
 
 def observe_layerwise(model: nn.Module, batches: Sequence[Batch], names: Sequence[str]) -> dict[str, InputStats]:

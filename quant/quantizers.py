@@ -265,9 +265,9 @@ class SqnrAccumulator:
     noise: float = 0.0
 
     def update(self, reference: torch.Tensor, approx: torch.Tensor) -> None:
-        ref = reference.detach().double()
-        self.signal += float(ref.pow(2).sum())
-        self.noise += float((ref - approx.detach().double()).pow(2).sum())
+        ref = reference.detach().float()
+        self.signal += float(ref.pow(2).sum(dtype=torch.float64))
+        self.noise += float((ref - approx.detach().float()).pow(2).sum(dtype=torch.float64))
 
     @property
     def db(self) -> float:

@@ -85,6 +85,8 @@ def apply_anti_outlier(
     if name == "none":
         return AntiOutlierReport("none")
     method = get_method(name)
+    if method.needs_stats and stats is None:
+        raise ValueError(f"anti-outlier method {name} needs the input statistics (observe_linear_inputs)")
     report = AntiOutlierReport(name, resolved)
     contexts = pair_contexts(
         model, method.pairs, stats if method.needs_stats else None, resolved, weight_bits, weight_symmetric
