@@ -123,27 +123,41 @@ def _untie_lm_head(model: nn.Module) -> None:
         head.weight = nn.Parameter(embed.weight.detach().clone(), requires_grad=False)
 
 
-def quantize(
-    model: nn.Module,
-    tokenizer: Any,
-    cfg: QuantConfig,
-    calib_batches: Sequence[Batch] | None = None,
-    anti_stats: dict[str, InputStats] | None = None,
-) -> QuantResult:
-    """Quantize ``model`` in place per ``cfg``.
+@dataclass
+class Smoothing:
+    """What :func:`smooth` did to a float model: the anti-outlier transform (SPEC §3) and the
+    ``range_param`` of every observed linear's input afterwards (SPEC §5)."""
 
-    ``calib_batches`` / ``anti_stats`` may be given to reuse work a sweep already did
-    (tokenized calibration data; float-model input statistics for the anti-outlier step).
+    anti_outlier: AntiOutlierReport
+    range_params: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# Recipe fields used only after smoothing: recipes that differ in nothing else share one smooth().
+AFTER_SMOOTHING_FIELDS = (
+    "act_method",
+    "disable_level",
+    "disable_names",
+    "disable_threshold",
+    "save_directory",
+    "part_file_size",
+    "mindie_format",
+)
+
+
+def smoothing_settings(cfg: QuantConfig) -> dict[str, Any]:
+    """The recipe fields :func:`smooth` may depend on (every field not in AFTER_SMOOTHING_FIELDS)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in AFTER_SMOOTHING_FIELDS}
+
+
+def smooth(
+    model: nn.Module, batches: Sequence[Batch], cfg: QuantConfig, anti_stats: dict[str, InputStats] | None = None
+) -> Smoothing:
+    """Apply the recipe's anti-outlier method to ``model`` in place, then rank the linears' inputs.
+
+    ``anti_stats`` (from :func:`observe_float_model`) may be given to reuse a sweep's observation.
     """
-    cfg.check_supported()
     timings: dict[str, float] = {}
-    device = next(model.parameters()).device
-    t = time.perf_counter()
-    batches = list(calib_batches) if calib_batches is not None else calibration_batches(tokenizer, cfg, device)
-    names = linear_names(model)
-    observed = observed_linears(model, cfg)
-    timings["calib_data_s"] = time.perf_counter() - t
-
     t = time.perf_counter()
     if cfg.anti_method != "none" and anti_stats is None:
         anti_stats = observe_float_model(model, batches, cfg)
@@ -154,8 +168,41 @@ def quantize(
     timings["anti_outlier_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    observed = observed_linears(model, cfg)
     post_stats = observe_linear_inputs(model, batches[:RANGE_PARAM_BATCHES], observed)
-    range_params = {n: post_stats[n].range_param for n in observed}
+    timings["range_param_s"] = time.perf_counter() - t
+    return Smoothing(anti_report, {n: post_stats[n].range_param for n in observed}, timings)
+
+
+def quantize(
+    model: nn.Module,
+    tokenizer: Any,
+    cfg: QuantConfig,
+    calib_batches: Sequence[Batch] | None = None,
+    anti_stats: dict[str, InputStats] | None = None,
+    smoothing: Smoothing | None = None,
+) -> QuantResult:
+    """Quantize ``model`` in place per ``cfg``.
+
+    ``calib_batches`` / ``anti_stats`` may be given to reuse work a sweep already did
+    (tokenized calibration data; float-model input statistics for the anti-outlier step).
+    ``smoothing`` says that ``model`` is already smoothed: it is what :func:`smooth` returned for a
+    recipe with the same :func:`smoothing_settings` and batches, on a copy of the same float model.
+    """
+    cfg.check_supported()
+    timings: dict[str, float] = {}
+    device = next(model.parameters()).device
+    t = time.perf_counter()
+    batches = list(calib_batches) if calib_batches is not None else calibration_batches(tokenizer, cfg, device)
+    names = linear_names(model)
+    timings["calib_data_s"] = time.perf_counter() - t
+
+    if smoothing is None:
+        smoothing = smooth(model, batches, cfg, anti_stats)
+        timings.update(smoothing.timings)
+    anti_report, range_params = smoothing.anti_outlier, smoothing.range_params
+
+    t = time.perf_counter()
     float_layers = names_fallback(cfg.disable_names, cfg.model_type, cfg.a_bit, names)
     if cfg.disable_last_linear:
         float_layers.setdefault(LM_HEAD, "disable_last_linear")
