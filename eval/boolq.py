@@ -6,14 +6,14 @@ import csv
 import json
 import math
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from eval.data import read_boolq_jsonl, select_indices, sha256_file
+from eval.data import read_boolq_jsonl, sha256_file
+from eval.harness import check_eval_arguments, run_lm_eval
 from eval.task import (
     BUILTIN_TASK_NAME,
     LOCAL_TASK_NAME,
@@ -78,6 +78,40 @@ class BoolQResult:
         )
 
 
+def boolq_identity(
+    data_path: str | Path | None,
+    *,
+    limit: int | None = None,
+    seed: int | None = None,
+    batch_size: int = 8,
+    add_bos_token: bool = True,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Everything apart from the model that defines a BoolQ result, known before evaluating:
+    task, data content hash, subset, batch size, BOS, device, lm-eval version, task hash."""
+    import lm_eval
+
+    if data_path is None:
+        task_name, task_cfg = BUILTIN_TASK_NAME, builtin_boolq_config()
+        data_info = {"data_sha256": None, "dataset": _hub_name(task_cfg)}
+    else:
+        path = Path(data_path).resolve()
+        task_name, task_cfg = LOCAL_TASK_NAME, local_boolq_config(path)
+        data_info = {"data_sha256": sha256_file(path), "dataset": "json"}
+    return {
+        "task": task_name,
+        **data_info,
+        "limit": limit,
+        "seed": seed,
+        "batch_size": batch_size,
+        "add_bos_token": add_bos_token,
+        "device": str(device),
+        "num_fewshot": 0,
+        "lm_eval_version": lm_eval.__version__,
+        "task_config_hash": task_config_hash(task_cfg),
+    }
+
+
 def evaluate_boolq(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -105,70 +139,49 @@ def evaluate_boolq(
     The model is moved to ``device`` (in place) if it is elsewhere; HFLM puts it in eval mode.
     lm-eval's ``simple_evaluate`` reseeds Python's, NumPy's and torch's global RNGs.
     """
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    select_indices(1, limit, seed)  # reject a bad limit before any work
-    start = time.perf_counter()
-
+    check_eval_arguments(limit, seed, batch_size)
+    identity = boolq_identity(
+        data_path, limit=limit, seed=seed, batch_size=batch_size, add_bos_token=add_bos_token, device=device
+    )
+    task_name = identity["task"]
+    rows = None if data_path is None else read_boolq_jsonl(data_path)
     with tempfile.TemporaryDirectory(prefix="boolq-datasets-") as cache_dir:
         if data_path is None:
-            rows, task_name, task_cfg = None, BUILTIN_TASK_NAME, builtin_boolq_config()
-            task_manager = TaskManager()
-            data_info = {"data_path": None, "data_sha256": None, "dataset": _hub_name(task_cfg)}
             spec: Any = BUILTIN_TASK_NAME
+            task_manager = TaskManager()
         else:
-            path = Path(data_path).resolve()
-            rows, task_name = read_boolq_jsonl(path), LOCAL_TASK_NAME
-            task_cfg = local_boolq_config(path, cache_dir)
+            spec = local_boolq_config(data_path, cache_dir)
             task_manager = TaskManager(include_defaults=False)
-            data_info = {"data_path": str(path), "data_sha256": sha256_file(path), "dataset": "json"}
-            spec = task_cfg
-        _move_to(model, device)
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos_token)
-        task = task_manager.load([spec])["tasks"][task_name]
-        n_total = len(task.eval_docs)
-        if rows is not None and n_total != len(rows):
-            raise RuntimeError(f"lm-eval loaded {n_total} rows from {data_path}, expected {len(rows)}")
-        indices = select_indices(n_total, limit, seed)
-        selection: dict[str, Any] = {}
-        if indices is not None:
-            selection = {"limit": len(indices)} if seed is None else {"samples": {task_name: indices}}
-        output = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[task],
-            task_manager=task_manager,
+        run = run_lm_eval(
+            model,
+            tokenizer,
+            spec,
+            task_manager,
+            limit=limit,
+            seed=seed,
             batch_size=batch_size,
-            log_samples=True,
-            **selection,
+            add_bos_token=add_bos_token,
+            device=device,
         )
 
-    per_example = _parse_samples(output["samples"][task_name], rows)
-    expected = list(range(n_total)) if indices is None else indices
-    if [ex.index for ex in per_example] != expected:
-        raise RuntimeError("lm-eval evaluated a different set of rows than was selected")
-    metrics = output["results"][task_name]
+    n_total = run.n_total[task_name]
+    if rows is not None and n_total != len(rows):
+        raise RuntimeError(f"lm-eval loaded {n_total} rows from {data_path}, expected {len(rows)}")
+    per_example = _parse_samples(run.samples(task_name), rows)
+    metrics = run.output["results"][task_name]
     accuracy = float(metrics["acc,none"])
     if not math.isclose(accuracy, sum(ex.correct for ex in per_example) / len(per_example)):
         raise RuntimeError("lm-eval's aggregate accuracy disagrees with its per-example results")
     stderr = metrics.get("acc_stderr,none")
+    indices = run.indices[task_name]
     config = {
-        "task": task_name,
-        **data_info,
+        **identity,
+        **run.settings,
+        "data_path": None if data_path is None else str(Path(data_path).resolve()),
         "n_total": n_total,
-        "limit": limit,
-        "seed": seed,
         "selection": "all" if indices is None else ("first" if seed is None else "seeded"),
-        "batch_size": batch_size,
-        "add_bos_token": add_bos_token,
-        "bos_prepended": _bos_prepended(lm),
-        "device": str(device),
-        "num_fewshot": 0,
-        "lm_eval_version": lm_eval.__version__,
-        "task_config_hash": task_config_hash(task_cfg),
     }
     return BoolQResult(
         accuracy=accuracy,
@@ -176,24 +189,12 @@ def evaluate_boolq(
         n=len(per_example),
         per_example=per_example,
         config=config,
-        elapsed=time.perf_counter() - start,
+        elapsed=run.elapsed,
     )
-
-
-def _move_to(model: torch.nn.Module, device: str) -> None:
-    target = torch.device(device)
-    current = getattr(model, "device", None) or next(model.parameters()).device
-    if current != target:
-        model.to(target)
 
 
 def _hub_name(cfg: dict[str, Any]) -> str:
     return "/".join(str(part) for part in (cfg.get("dataset_path"), cfg.get("dataset_name")) if part)
-
-
-def _bos_prepended(lm: Any) -> bool:
-    bos = lm.tokenizer.bos_token_id
-    return bos is not None and lm.tok_encode("Answer")[:1] == [bos]
 
 
 def _parse_samples(samples: list[dict[str, Any]], rows: list[dict[str, Any]] | None) -> list[BoolQExample]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,31 @@ class PerplexityResult:
     n_tokens: int
     nll: float
     config: dict[str, Any] = field(default_factory=dict)
+    elapsed: float = field(default=0.0, compare=False)
 
     def to_metrics(self, prefix: str = "wikitext2_") -> dict[str, float]:
         """Flat metrics for experiment tracking."""
-        return {f"{prefix}ppl": self.ppl, f"{prefix}nll": self.nll, f"{prefix}n_tokens": float(self.n_tokens)}
+        return {
+            f"{prefix}ppl": self.ppl,
+            f"{prefix}nll": self.nll,
+            f"{prefix}n_tokens": float(self.n_tokens),
+            f"{prefix}eval_seconds": self.elapsed,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PerplexityResult:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            ppl=float(data["ppl"]),
+            n_tokens=int(data["n_tokens"]),
+            nll=float(data["nll"]),
+            config=dict(data.get("config", {})),
+            elapsed=float(data.get("elapsed", 0.0)),
+        )
 
 
 def read_raw_text(path: str | Path) -> str:
@@ -87,6 +109,7 @@ def wikitext_perplexity(
     stride = block_size if stride is None else stride
     if not 0 < stride <= block_size:
         raise ValueError(f"stride must be in [1, block_size={block_size}], got {stride}")
+    start = time.perf_counter()
     if add_bos is None:
         add_bos = tokenizer_adds_bos(tokenizer)
     elif add_bos and tokenizer.bos_token_id is None:
@@ -128,4 +151,6 @@ def wikitext_perplexity(
         "n_windows": len(spans),
         "seq_len": seq_len,
     }
-    return PerplexityResult(ppl=math.exp(nll), n_tokens=n_scored, nll=nll, config=config)
+    return PerplexityResult(
+        ppl=math.exp(nll), n_tokens=n_scored, nll=nll, config=config, elapsed=time.perf_counter() - start
+    )

@@ -13,6 +13,8 @@ from torch import nn
 LM_HEAD = "lm_head"
 ATTN_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
+# Row-parallel under tensor parallelism: their INPUT is split across ranks (tp_size simulation).
+ROW_PARALLEL_LINEARS = ("self_attn.o_proj", "mlp.down_proj")
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 
 
@@ -22,12 +24,14 @@ class SmoothPair:
 
     Names are relative to a decoder layer (``input_layernorm``, ``self_attn.q_proj``...).
     ``kind`` is ``norm`` (prev is an RMSNorm) or ``linear`` (prev is a linear whose output rows
-    feed the next linears).
+    feed the next linears). ``shares_kv_heads``: each prev output channel feeds one channel of
+    every query head of its KV group (v_proj → o_proj under GQA).
     """
 
     prev: str
     nexts: tuple[str, ...]
     kind: str
+    shares_kv_heads: bool = False
 
 
 NORM_PAIRS = (
@@ -35,7 +39,7 @@ NORM_PAIRS = (
     SmoothPair("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "norm"),
 )
 LINEAR_PAIRS = (
-    SmoothPair("self_attn.v_proj", ("self_attn.o_proj",), "linear"),
+    SmoothPair("self_attn.v_proj", ("self_attn.o_proj",), "linear", shares_kv_heads=True),
     SmoothPair("mlp.up_proj", ("mlp.down_proj",), "linear"),
 )
 
@@ -43,6 +47,15 @@ LINEAR_PAIRS = (
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks of a LLaMA causal LM."""
     return model.model.layers
+
+
+def kv_head_groups(model: nn.Module) -> tuple[int, int]:
+    """``(query heads per KV head, head_dim)`` from the model config (groups = 1 for MHA)."""
+    cfg = model.config
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    return n_heads // n_kv, head_dim
 
 
 def final_norm(model: nn.Module) -> nn.Module:
@@ -72,6 +85,11 @@ def layer_index(name: str) -> int | None:
     """The decoder layer index of a module name, or None for modules outside the layers."""
     match = _LAYER_RE.match(name)
     return int(match.group(1)) if match else None
+
+
+def is_row_parallel(name: str) -> bool:
+    """True for a linear whose input is sharded under tensor parallelism (o_proj, down_proj)."""
+    return layer_index(name) is not None and name.endswith(tuple("." + n for n in ROW_PARALLEL_LINEARS))
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:

@@ -1,4 +1,6 @@
-"""Calibration data (SPEC §1): texts from a JSONL file or a list, one text per batch."""
+"""Calibration data (SPEC §1): texts from a JSONL file or a list, one text per batch; and the
+anti-outlier data of ``anti_calib_file`` (``.jsonl``: groups of 4 texts without special tokens;
+``.json``: a list of batches of ``[text]`` with BOS), right-padded with id 0."""
 
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ from quant.errors import QuantInputError
 
 Batch = dict[str, torch.Tensor]
 TEXT_KEY = "inputs_pretokenized"
+ANTI_JSONL_GROUP = 4  # .jsonl anti-outlier texts are batched in groups of 4 (SPEC §1)
+ANTI_PAD_ID = 0
+_ANTI_PARAM = "anti_calib_file"
+_JSON_SHAPE = 'a JSON list of batches, each a list of [text] items, e.g. [[["a"], ["b"]]]'
 
 
 def read_calib_texts(calib_file: str | Path, param: str = "calib_file") -> list[str]:
@@ -50,6 +56,14 @@ def _text_of_line(line: str, param: str, calib_file: str | Path, number: int) ->
     return line
 
 
+def _model_inputs(encoded: Any, input_ids_name: str, attention_mask_name: str) -> tuple[Any, Any]:
+    """The token ids and mask of a tokenizer output, under the configured key names."""
+    for name, param in ((input_ids_name, "input_ids_name"), (attention_mask_name, "attention_mask_name")):
+        if name not in encoded:
+            raise QuantInputError(param, f"{name!r} is not a key of the tokenizer output: {sorted(encoded)}")
+    return encoded[input_ids_name], encoded[attention_mask_name]
+
+
 def tokenize_texts(
     tokenizer: Any,
     texts: list[str],
@@ -62,13 +76,95 @@ def tokenize_texts(
     batches: list[Batch] = []
     for text in texts:
         encoded = tokenizer(text, return_tensors="pt", add_special_tokens=True)
-        for name, param in ((input_ids_name, "input_ids_name"), (attention_mask_name, "attention_mask_name")):
-            if name not in encoded:
-                raise QuantInputError(param, f"{name!r} is not a key of the tokenizer output: {sorted(encoded)}")
-        batches.append(
-            {
-                "input_ids": encoded[input_ids_name].to(device),
-                "attention_mask": encoded[attention_mask_name].to(device),
-            }
-        )
+        ids, mask = _model_inputs(encoded, input_ids_name, attention_mask_name)
+        batches.append({"input_ids": ids.to(device), "attention_mask": mask.to(device)})
     return batches
+
+
+def read_anti_calib_file(anti_calib_file: str | Path) -> tuple[list[list[str]], bool]:
+    """The anti-outlier batches of texts and whether special tokens are added (SPEC §1 item 3).
+
+    ``.jsonl``: texts read like ``calib_file``, in groups of 4, no special tokens.
+    ``.json``: a list of batches, each a list of ``[text]`` items (a bare string is taken too),
+    BOS added.
+    """
+    path = Path(anti_calib_file)
+    if path.suffix == ".jsonl":
+        texts = read_calib_texts(path, param=_ANTI_PARAM)
+        return [texts[i : i + ANTI_JSONL_GROUP] for i in range(0, len(texts), ANTI_JSONL_GROUP)], False
+    if path.suffix != ".json":
+        raise QuantInputError(_ANTI_PARAM, f"{anti_calib_file} must be a .json or .jsonl file")
+    if not path.is_file():
+        raise QuantInputError(_ANTI_PARAM, f"{anti_calib_file} is not a readable file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QuantInputError(_ANTI_PARAM, f"{anti_calib_file} is not valid JSON ({exc.__class__.__name__})") from None
+    return [_json_batch(batch, b, anti_calib_file) for b, batch in enumerate(_json_list(data, anti_calib_file))], True
+
+
+def _json_list(data: Any, source: str | Path) -> list[Any]:
+    if not isinstance(data, list) or not data:
+        raise QuantInputError(_ANTI_PARAM, f"{source} must hold {_JSON_SHAPE}")
+    return data
+
+
+def _json_batch(batch: Any, index: int, source: str | Path) -> list[str]:
+    if not isinstance(batch, list) or not batch:
+        raise QuantInputError(_ANTI_PARAM, f"{source} batch {index} is not a non-empty list; expected {_JSON_SHAPE}")
+    texts = []
+    for item in batch:
+        text = item[0] if isinstance(item, list) and len(item) == 1 else item
+        if not isinstance(text, str) or not text.strip():
+            raise QuantInputError(
+                _ANTI_PARAM, f"{source} batch {index}: item {item!r:.60} is not [text] with a non-empty text"
+            )
+        texts.append(text)
+    return texts
+
+
+def tokenize_padded(
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    add_special_tokens: bool,
+    device: torch.device | str = "cpu",
+    input_ids_name: str = "input_ids",
+    attention_mask_name: str = "attention_mask",
+) -> Batch:
+    """One batch of several texts, each tokenized alone, right-padded with id 0 (mask 0 there)."""
+    rows = []
+    for text in texts:
+        encoded = tokenizer(text, add_special_tokens=add_special_tokens)
+        ids, mask = _model_inputs(encoded, input_ids_name, attention_mask_name)
+        rows.append((list(ids), list(mask)))
+    length = max(1, *(len(ids) for ids, _ in rows))
+    input_ids = torch.full((len(rows), length), ANTI_PAD_ID, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for r, (ids, mask) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[r, : len(mask)] = torch.tensor(mask, dtype=torch.long)
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+
+def anti_calibration_batches(
+    tokenizer: Any,
+    anti_calib_file: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    input_ids_name: str = "input_ids",
+    attention_mask_name: str = "attention_mask",
+) -> list[Batch]:
+    """The anti-outlier batches of ``anti_calib_file`` (SPEC §1 item 3), tokenized and padded."""
+    groups, special = read_anti_calib_file(anti_calib_file)
+    return [
+        tokenize_padded(
+            tokenizer,
+            texts,
+            add_special_tokens=special,
+            device=device,
+            input_ids_name=input_ids_name,
+            attention_mask_name=attention_mask_name,
+        )
+        for texts in groups
+    ]

@@ -1,109 +1,82 @@
-"""Static activation calibration, layer by layer on the already fake-quantized model (SPEC §4).
+"""Static activation calibration, layer by layer on the already fake-quantized model (SPEC §4),
+and each quantized linear's output SQNR against its float counterpart on the same inputs.
 
 Decoder layers are calibrated in order. A layer's linears are observed on inputs produced by
 the earlier layers with their weights AND activations quantized, and with the layer's own
 weights already quantized; once its ranges are fixed, the layer runs again, fully quantized,
 to produce the next layer's inputs. That is two layer passes per layer (about two forward
-passes of the calibration data), instead of one per linear group.
+passes of the calibration data), instead of one per linear group. The second pass also
+measures each quantized linear's output SQNR in dB: its output against the float linear's
+output on the very same input (the layer's own error, not the error accumulated upstream).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from quant.arch import LM_HEAD, decoder_layers, final_norm
 from quant.calib import Batch
-from quant.observe import forward_for_inputs
+from quant.layerwise import LayerCall, capture_first_layer_calls
+from quant.observers import ActivationObserver, MinMaxObserver, ObserverFactory
 from quant.qlinear import STATIC_ACT_TYPES, QuantLinear
-from quant.quantizers import activation_params
+from quant.quantizers import SqnrAccumulator, activation_params
+from quant.schemes.static import pdmix_phase
 
+__all__ = ["ActivationRange", "CalibrationOutcome", "LayerWatcher", "MinMaxObserver", "calibrate_activations"]
 
-class ActivationObserver(Protocol):
-    """Accumulates one linear's inputs over calibration batches and proposes a clipping range."""
-
-    name: str
-
-    def update(self, x: torch.Tensor) -> None: ...
-
-    def range(self) -> tuple[float, float]: ...
+# A layer watcher observes decoder layer ``index`` while calibration runs it, fully quantized, to
+# produce the next layer's inputs (KV-cache and attention quantization calibrate there): it
+# installs its hooks on entering the context and sets its parameters on leaving it.
+LayerWatcher = Callable[[int, nn.Module], contextlib.AbstractContextManager]
 
 
 @dataclass
-class MinMaxObserver:
-    """act_method 1 [exact]: the MEAN over batches of each batch's min and max."""
+class ShardedObserver:
+    """One observer per input shard of a row-parallel layer under tp_size (shard s: columns s·k/S …)."""
 
-    name: str = "minmax"
-    mins: list[float] = field(default_factory=list)
-    maxs: list[float] = field(default_factory=list)
+    shards: list[ActivationObserver]
+
+    @property
+    def name(self) -> str:
+        return self.shards[0].name
 
     def update(self, x: torch.Tensor) -> None:
-        self.mins.append(float(x.min()))
-        self.maxs.append(float(x.max()))
+        for observer, chunk in zip(self.shards, x.chunk(len(self.shards), dim=-1)):
+            observer.update(chunk)
 
-    def range(self) -> tuple[float, float]:
-        return sum(self.mins) / len(self.mins), sum(self.maxs) / len(self.maxs)
-
-
-ObserverFactory = Callable[[str], ActivationObserver]
+    def ranges(self) -> list[tuple[float, float]]:
+        return [observer.range() for observer in self.shards]
 
 
 @dataclass
 class ActivationRange:
-    """The calibrated input range of one linear and the observer that chose it."""
+    """The calibrated input range of one linear and the observer that chose it.
+
+    Layers with per-shard parameters (tp_size) report one value per shard in each list.
+    """
 
     observer: str
-    xmin: float
-    xmax: float
-    scale: float
-    offset: float
-
-
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass early once the wanted input is seen."""
+    xmin: float | list[float]
+    xmax: float | list[float]
+    scale: float | list[float]
+    offset: float | list[float]
 
 
 @dataclass
-class _LayerCall:
-    """One captured call of a decoder layer: its positional and keyword arguments."""
+class CalibrationOutcome:
+    """Per linear: the static input range (W8A8 only) and the output SQNR in dB (when measured)."""
 
-    args: tuple
-    kwargs: dict[str, Any]
-
-    def with_hidden(self, hidden: torch.Tensor) -> _LayerCall:
-        return _LayerCall((hidden, *self.args[1:]), self.kwargs)
-
-    def run(self, layer: nn.Module) -> torch.Tensor:
-        out = layer(*self.args, **self.kwargs)
-        return out[0] if isinstance(out, tuple) else out
-
-
-def _capture_first_layer_calls(model: nn.Module, batches: Sequence[Batch]) -> list[_LayerCall]:
-    calls: list[_LayerCall] = []
-
-    def hook(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        if not args:  # hidden states passed by keyword
-            args, kwargs = (kwargs.pop("hidden_states"),), kwargs
-        calls.append(_LayerCall(args, dict(kwargs)))
-        raise _StopForward
-
-    handle = decoder_layers(model)[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for batch in batches:
-            with contextlib.suppress(_StopForward):
-                forward_for_inputs(model, batch, with_head=False)
-    finally:
-        handle.remove()
-    return calls
+    ranges: dict[str, ActivationRange] = field(default_factory=dict)
+    sqnr_db: dict[str, float] = field(default_factory=dict)
 
 
 def _observe_layer_inputs(
-    layer: nn.Module, calls: Sequence[_LayerCall], members: dict[str, QuantLinear], make_observer: ObserverFactory
+    layer: nn.Module, calls: Sequence[LayerCall], members: dict[str, QuantLinear], make_observer: ObserverFactory
 ) -> dict[str, ActivationObserver]:
     """Run every call through ``layer`` and feed each member's input to its observer.
 
@@ -119,7 +92,7 @@ def _observe_layer_inputs(
                 observers.setdefault(name, observers[seen[id(x)][1]])
                 return
             seen[id(x)] = (x, name)
-            observers.setdefault(name, make_observer(name)).update(x.detach().float())
+            observers.setdefault(name, _observer_for(members[name], name, make_observer)).update(x.detach().float())
 
         return hook
 
@@ -134,42 +107,111 @@ def _observe_layer_inputs(
     return observers
 
 
-def _fix_range(modules: Sequence[QuantLinear], observer: ActivationObserver) -> ActivationRange:
-    xmin, xmax = observer.range()
-    scale, offset = activation_params(xmin, xmax)
-    for module in modules:
-        module.set_activation_params(scale, offset)
-    return ActivationRange(observer.name, xmin, xmax, float(scale), float(offset))
+def _advance_measuring(
+    layer: nn.Module,
+    calls: Sequence[LayerCall],
+    members: Mapping[str, QuantLinear],
+    float_linears: Mapping[str, nn.Module],
+    sqnr: dict[str, SqnrAccumulator],
+) -> list[LayerCall]:
+    """Run the (now quantized) layer to get the next layer's calls, accumulating each member's SQNR."""
+
+    def make_hook(name: str):
+        reference = float_linears[name]
+
+        def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            sqnr.setdefault(name, SqnrAccumulator()).update(reference(args[0]), output)
+
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in members.items() if n in float_linears]
+    try:
+        return [call.with_hidden(call.run(layer)) for call in calls]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _observer_for(module: QuantLinear, name: str, make_observer: ObserverFactory) -> ActivationObserver:
+    shards = getattr(module, "shards", 1)
+    if shards == 1:
+        return make_observer(name)
+    return ShardedObserver([make_observer(name) for _ in range(shards)])
+
+
+def _fix_range(module: QuantLinear, observer: ActivationObserver | ShardedObserver) -> ActivationRange:
+    ranges = observer.ranges() if isinstance(observer, ShardedObserver) else [observer.range()]
+    params = [activation_params(xmin, xmax) for xmin, xmax in ranges]
+    scale = torch.cat([p[0] for p in params])  # (S,)
+    offset = torch.cat([p[1] for p in params])
+    module.set_activation_params(scale, offset)
+
+    def report(values: list[float]) -> float | list[float]:
+        return values[0] if len(values) == 1 else values
+
+    return ActivationRange(
+        observer.name,
+        report([r[0] for r in ranges]),
+        report([r[1] for r in ranges]),
+        report(scale.tolist()),
+        report(offset.tolist()),
+    )
+
+
+@contextlib.contextmanager
+def _watching(watchers: Sequence[LayerWatcher], index: int, layer: nn.Module) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for watch in watchers:
+            stack.enter_context(watch(index, layer))
+        yield
 
 
 def calibrate_activations(
-    model: nn.Module, batches: Sequence[Batch], make_observer: ObserverFactory
-) -> dict[str, ActivationRange]:
-    """Set the static input scale/offset of every W8A8 ``QuantLinear`` in ``model``.
+    model: nn.Module,
+    batches: Sequence[Batch],
+    make_observer: ObserverFactory,
+    float_linears: Mapping[str, nn.Module] | None = None,
+    watchers: Sequence[LayerWatcher] = (),
+) -> CalibrationOutcome:
+    """Set the static input scale/offset of every static-activation ``QuantLinear`` in ``model``.
 
     ``make_observer(name)`` gives the observer for the linear called ``name`` (act_method).
-    Returns each calibrated linear's range.
+    With ``float_linears`` (name -> the float linear a QuantLinear replaced), every quantized
+    linear's output SQNR on the calibration data is measured too (W8A16 layers included).
+    ``watchers`` see each decoder layer's fully quantized run (see ``LayerWatcher``).
+    W8A8_MIX layers run their static (decode) path meanwhile, as the reference calibrates
+    them like W8A8.
     """
-    static = {
-        name: m for name, m in model.named_modules() if isinstance(m, QuantLinear) and m.quant_type in STATIC_ACT_TYPES
-    }
-    ranges: dict[str, ActivationRange] = {}
-    if not static:
-        return ranges
-    with torch.no_grad():
-        calls = _capture_first_layer_calls(model, batches)
+    float_linears = float_linears or {}
+    quantized = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    static = {name: m for name, m in quantized.items() if m.quant_type in STATIC_ACT_TYPES}
+    outcome = CalibrationOutcome()
+    if not static and not watchers and not (float_linears.keys() & quantized.keys()):
+        return outcome
+    sqnr: dict[str, SqnrAccumulator] = {}
+    with torch.no_grad(), pdmix_phase(model, "decode"):
+        calls = capture_first_layer_calls(model, batches)
         for i, layer in enumerate(decoder_layers(model)):
             prefix = f"model.layers.{i}."
-            members = {n[len(prefix) :]: m for n, m in static.items() if n.startswith(prefix)}
+            members = {n: m for n, m in static.items() if n.startswith(prefix)}
             if members:
-                observers = _observe_layer_inputs(layer, calls, members, lambda n, p=prefix: make_observer(p + n))
+                observers = _observe_layer_inputs(layer, calls, members, make_observer)
                 for name, observer in observers.items():
-                    ranges[prefix + name] = _fix_range([members[name]], observer)
-            calls = [call.with_hidden(call.run(layer)) for call in calls]
-        if LM_HEAD in static:
-            observer = make_observer(LM_HEAD)
-            norm = final_norm(model)
-            for call in calls:
-                observer.update(norm(call.args[0]).float())
-            ranges[LM_HEAD] = _fix_range([static[LM_HEAD]], observer)
-    return ranges
+                    outcome.ranges[name] = _fix_range(members[name], observer)
+            in_layer = {n: m for n, m in quantized.items() if n.startswith(prefix)}
+            with _watching(watchers, i, layer):
+                calls = _advance_measuring(layer, calls, in_layer, float_linears, sqnr)
+        if LM_HEAD in quantized:
+            head = quantized[LM_HEAD]
+            head_inputs = [final_norm(model)(call.hidden) for call in calls]
+            if LM_HEAD in static:
+                observer = _observer_for(head, LM_HEAD, make_observer)
+                for x in head_inputs:
+                    observer.update(x.float())
+                outcome.ranges[LM_HEAD] = _fix_range(head, observer)
+            if LM_HEAD in float_linears:
+                acc = sqnr.setdefault(LM_HEAD, SqnrAccumulator())
+                for x in head_inputs:
+                    acc.update(float_linears[LM_HEAD](x), head(x))
+    outcome.sqnr_db = {name: acc.db for name, acc in sqnr.items()}
+    return outcome

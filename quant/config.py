@@ -7,6 +7,7 @@ validation happens in ``__post_init__`` so that no model is loaded for a bad con
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,21 +23,15 @@ GROUP_SIZES = (32, 64, 128, 256)
 W_BITS = (4, 8, 16)
 A_BITS = (8, 16)
 _LEVEL_RE = re.compile(r"^L(\d+)$")
+# Schemes whose row-parallel layers get per-shard activation parameters under tp_size > 1.
+TP_SHARDED_TYPES = ("W8A8", "W8A8S", "W8A8_MIX", "W4A8_DYNAMIC")
+log = logging.getLogger(__name__)
 
 # Values accepted by validation but not built yet; removed as features land.
-IMPLEMENTED_ANTI_METHODS = ("none", "m1")
-IMPLEMENTED_ACT_METHODS = (1,)
-NOT_YET_IMPLEMENTED_FLAGS = (
-    "co_sparse",
-    "use_sigma",
-    "is_lowbit",
-    "use_kvcache_quant",
-    "use_fa_quant",
-    "is_dynamic",
-    "pdmix",
-    "mindie_format",
-)
-NOT_YET_IMPLEMENTED_NON_DEFAULTS = ("tp_size", "mm_tensor", "w_sym", "disable_threshold", "anti_calib_file")
+IMPLEMENTED_ANTI_METHODS = ANTI_METHODS
+IMPLEMENTED_ACT_METHODS = ACT_METHODS
+NOT_YET_IMPLEMENTED_FLAGS: tuple[str, ...] = ()
+NOT_YET_IMPLEMENTED_NON_DEFAULTS: tuple[str, ...] = ()
 
 
 @dataclass
@@ -45,6 +40,10 @@ class QuantConfig:
 
     ``anti_params`` (not in the reference) carries the tunable constants of the chosen
     anti-outlier method (e.g. SmoothQuant's ``alpha``); empty means the reference's defaults.
+
+    One deliberate difference: ``mm_tensor`` defaults to False. The reference lists True but
+    ignores the flag (its weights are always per channel); here True means per-tensor weights,
+    so the default False reproduces the reference's per-channel output.
     """
 
     model_path: str = ""
@@ -67,7 +66,7 @@ class QuantConfig:
     tp_size: int = 1
     sigma_factor: float = 3.0
     is_lowbit: bool = False
-    mm_tensor: bool = True
+    mm_tensor: bool = False
     w_sym: bool = True
     use_kvcache_quant: bool = False
     use_fa_quant: bool = False
@@ -92,7 +91,9 @@ class QuantConfig:
     def __post_init__(self) -> None:
         self._validate_types()
         self._validate_values()
+        self._apply_reference_overrides()
         self._validate_combinations()
+        self._validate_scheme()
 
     # -- validation ---------------------------------------------------------------------
 
@@ -136,17 +137,103 @@ class QuantConfig:
         if not isinstance(self.anti_params, dict):
             raise invalid_value("anti_params", self.anti_params, "a dict of the anti-outlier method's settings")
 
+    def _apply_reference_overrides(self) -> None:
+        """co_sparse forces w_bit 4 and a_bit 8, as the reference does (with a warning)."""
+        if self.co_sparse and (self.w_bit, self.a_bit) != (4, 8):
+            log.warning("co_sparse True runs W8A8S: w_bit %s -> 4, a_bit %s -> 8", self.w_bit, self.a_bit)
+            self.w_bit, self.a_bit = 4, 8
+
     def _validate_combinations(self) -> None:
-        if self.w_bit == 4 and not (self.is_lowbit or self.co_sparse or self.is_dynamic):
-            raise QuantInputError(
-                "w_bit", "4 needs a low-bit mode: is_lowbit True, co_sparse True or is_dynamic True (W4A8_DYNAMIC)"
-            )
         if self.w_bit == 16 and self.a_bit != 16:
             raise QuantInputError("w_bit", "16 means no quantization; valid with a_bit 16 only")
         if self.use_fa_quant and self.use_kvcache_quant:
             raise QuantInputError(
-                "use_fa_quant", "cannot be combined with use_kvcache_quant True; choose one of the two"
+                "use_fa_quant",
+                "True cannot be combined with use_kvcache_quant True (attention quantization already quantizes "
+                "K and V); set one of the two to False",
             )
+        if self.fa_amp > 0 and not self.use_fa_quant:
+            raise QuantInputError(
+                "fa_amp", f"{self.fa_amp} keeps attention layers in float, so it needs use_fa_quant True; else use 0"
+            )
+
+    def _validate_scheme(self) -> None:
+        """The weight/activation flags must name one scheme of the reference (SPEC §4)."""
+        per_group = self.is_lowbit and not self.open_outlier
+        if self.is_lowbit and self.w_bit not in (4, 8):
+            raise QuantInputError("is_lowbit", f"True needs w_bit 4 or 8, got {self.w_bit}")
+        if self.w_bit == 4 and not (self.is_lowbit or self.co_sparse or self.is_dynamic):
+            raise QuantInputError(
+                "w_bit",
+                "4 needs a low-bit mode: is_lowbit True (open_outlier False: per group; True: outlier "
+                "protection) or co_sparse True",
+            )
+        if self.is_dynamic and self.a_bit != 8:
+            raise QuantInputError("is_dynamic", f"True (per-token activations) needs a_bit 8, got {self.a_bit}")
+        if self.co_sparse and (self.is_dynamic or per_group):
+            other = "is_dynamic True" if self.is_dynamic else "per-group weights (is_lowbit True, open_outlier False)"
+            raise QuantInputError("co_sparse", f"True (W8A8S, static activations) cannot be combined with {other}")
+        if (self.w_bit, self.a_bit) == (4, 8) and self._base_quant_type() != "W8A8S":
+            self._require_w4a8_dynamic(per_group)
+        if per_group and self.a_bit == 8 and self.w_bit != 4:
+            raise QuantInputError(
+                "open_outlier",
+                "False (per-group weights) with a_bit 8 exists only as W4A8_DYNAMIC (w_bit 4, is_dynamic True); "
+                "with w_bit 8 use a_bit 16 (W8A16 per group)",
+            )
+        if not self.w_sym and self.a_bit == 8:
+            raise QuantInputError(
+                "w_sym", "False (asymmetric weights) needs a_bit 16 (W8A16, W4A16); the a_bit 8 schemes are symmetric"
+            )
+        if self.mm_tensor and (per_group or self._outlier_protected() or self.w_bit == 4):
+            raise QuantInputError(
+                "mm_tensor",
+                "True (per-tensor weights) applies to the per-channel schemes W8A8, W8A16, W8A8_DYNAMIC, W8A8_MIX; "
+                "not to per-group, outlier-protected or 4-bit weights",
+            )
+        if self.pdmix and self._base_quant_type() != "W8A8":
+            raise QuantInputError("pdmix", f"True needs static W8A8; the other flags give {self._base_quant_type()}")
+        if self.is_lowbit and self.act_method == 3:
+            raise QuantInputError("act_method", "3 (auto-mix) cannot be used with is_lowbit True; valid: 1, 2")
+        if self.use_sigma and not self._outlier_protected():
+            raise QuantInputError(
+                "use_sigma",
+                "True picks the protected outlier range of outlier-protected weights; needs co_sparse True, or "
+                "is_lowbit True with open_outlier True",
+            )
+        if self.do_smooth and (self._base_quant_type() != "W8A8S" or self.anti_method != "none"):
+            raise QuantInputError(
+                "do_smooth",
+                "True smooths the sparse path (W8A8S: co_sparse True, or is_lowbit True with w_bit 4, a_bit 8) "
+                "with SmoothQuant alpha 0.5 and needs anti_method none",
+            )
+        if self.tp_size > 1 and self.quant_type not in TP_SHARDED_TYPES:
+            raise QuantInputError(
+                "tp_size",
+                f"{self.tp_size} gives row-parallel layers per-shard activation parameters; it needs one of "
+                f"{', '.join(TP_SHARDED_TYPES)}, these flags give {self.quant_type}",
+            )
+
+    def _require_w4a8_dynamic(self, per_group: bool) -> None:
+        """w_bit 4 with a_bit 8 outside the sparse path is W4A8_DYNAMIC: per group, dynamic, symmetric."""
+        missing = [
+            (param, text)
+            for param, text, ok in (
+                ("open_outlier", "per-group weights (is_lowbit True, open_outlier False)", per_group),
+                ("is_dynamic", "is_dynamic True", self.is_dynamic),
+                ("w_sym", "symmetric weights (w_sym True)", self.w_sym),
+            )
+            if not ok
+        ]
+        if missing:
+            raise QuantInputError(
+                missing[0][0],
+                "W4A8_DYNAMIC (w_bit 4, a_bit 8) needs per-group weights, is_dynamic True and w_sym True; missing: "
+                + "; ".join(text for _, text in missing),
+            )
+
+    def _outlier_protected(self) -> bool:
+        return self._base_quant_type() == "W8A8S" or (self.is_lowbit and self.open_outlier)
 
     def check_supported(self) -> None:
         """Raise for valid reference values that this version does not implement yet."""
@@ -164,11 +251,18 @@ class QuantConfig:
         for flag in NOT_YET_IMPLEMENTED_FLAGS:
             if getattr(self, flag):
                 raise QuantInputError(flag, "True is not implemented yet; valid now: False")
-        if self.w_bit == 4:
-            raise QuantInputError("w_bit", "4 is not implemented yet; valid now: 8, 16")
+        if self.is_lowbit and self.w_bit == 8 and self.open_outlier:
+            raise QuantInputError(
+                "is_lowbit",
+                "True with w_bit 8 and open_outlier True runs the reference's automatic precision tuning, which is "
+                "not implemented; use open_outlier False (per group) or w_bit 4",
+            )
         for name in NOT_YET_IMPLEMENTED_NON_DEFAULTS:
             if getattr(self, name) != _DEFAULTS[name]:
                 raise QuantInputError(name, f"only the default {_DEFAULTS[name]!r} is implemented yet")
+        from quant.anti_outlier import check_anti_params  # torch-heavy; only once a run is asked for
+
+        check_anti_params(self.anti_method, self.anti_params)
 
     # -- derived values -----------------------------------------------------------------
 
@@ -182,16 +276,19 @@ class QuantConfig:
     @property
     def quant_type(self) -> str:
         """The reference's model_quant_type string for this recipe (SPEC §7)."""
-        if self.co_sparse:
+        base = self._base_quant_type()
+        return "W8A8_MIX" if self.pdmix and base == "W8A8" else base
+
+    def _base_quant_type(self) -> str:
+        """The type the weight/activation flags give, before PDMix (the reference's precedence)."""
+        if self.w_bit == 16:
+            return "FLOAT"
+        if self.is_dynamic:
+            return "W4A8_DYNAMIC" if self.w_bit == 4 else "W8A8_DYNAMIC"
+        if self.co_sparse or (self.is_lowbit and (self.w_bit, self.a_bit) == (4, 8) and self.open_outlier):
             return "W8A8S"
-        if self.w_bit == 4 and self.is_dynamic:
-            return "W4A8_DYNAMIC"
         if self.a_bit == 16:
             return "W8A16" if self.w_bit == 8 else "W4A16"
-        if self.is_dynamic:
-            return "W8A8_DYNAMIC"
-        if self.pdmix:
-            return "W8A8_MIX"
         return "W8A8"
 
     @property

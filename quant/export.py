@@ -2,6 +2,12 @@
 
 Everything is written to a hidden temporary directory beside the target and renamed into
 place at the end, so an interrupted save never leaves a complete-looking output.
+
+``part_file_size`` (GB, 1 GB = 2^30 bytes, fractions allowed) shards the weights into
+``quant_model_weight_<type>-0000i-of-0000N.safetensors`` plus the index
+``quant_model_weight_<type>.safetensors.index.json``; ``mindie_format`` names the description
+``quant_model_description_<type>.json`` (no version) and adds ``<norm>.module.weight`` /
+``<norm>.module.bias`` for every smoothed norm.
 """
 
 from __future__ import annotations
@@ -19,12 +25,18 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from quant.arch import LM_HEAD, NORM_PAIRS, decoder_layers
+from quant.attention_quant import attention_quant_description
 from quant.errors import QuantInputError
+from quant.kv_cache import kv_cache_description
 from quant.qlinear import QuantLinear
 
 DESCRIPTION_VERSION = "1.0.0"
 LAYER_REPORT_FILE = "quant_layer_report.json"
 RECIPE_FILE = "quant_recipe.json"
+BYTES_PER_GB = 1024**3
+# mindie_format's extra norm entries and the saved tensor each one copies.
+MINDIE_NORM_COPIES = {"module.weight": "weight", "module.bias": "bias"}
 
 
 @dataclass
@@ -55,13 +67,92 @@ def collect_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def describe_tensors(model: nn.Module, tensor_names: list[str], quant_type: str) -> dict[str, Any]:
-    """The description JSON: every saved tensor name mapped to its type string."""
-    owners = {name: m.quant_type for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    """The description JSON: every saved tensor name mapped to its type string.
+
+    Per-group schemes add ``group_size`` (SPEC §7 for W4A8_DYNAMIC; W4A16/W8A16 per group too).
+    """
+    quantized = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     description: dict[str, Any] = {"model_quant_type": quant_type}
+    group_sizes = {m.group_size for m in quantized.values() if m.group_size is not None}
+    if group_sizes:
+        (description["group_size"],) = group_sizes  # one recipe, one group size
     for name in tensor_names:
         module_name = name.rpartition(".")[0]
-        description[name] = owners.get(module_name, "FLOAT")
+        module = quantized.get(module_name)
+        description[name] = module.quant_type if module is not None else "FLOAT"
+    # KV-cache (C8) and attention (FAQuant) tensors, and their model-level type keys.
+    description.update(kv_cache_description(model))
+    description.update(attention_quant_description(model))
     return description
+
+
+def mindie_norm_entries(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, str]]:
+    """``<norm>.module.weight`` / ``.module.bias`` for every norm that carries a (smoothing) bias.
+
+    They copy the norm's saved weight and bias; each is typed like the first linear the norm
+    feeds (q_proj, gate_proj, lm_head), FLOAT when that linear stays float.
+    """
+    entries: dict[str, tuple[torch.Tensor, str]] = {}
+    for norm, first_linear in _norm_consumers(model).items():
+        if f"{norm}.bias" not in tensors:
+            continue
+        consumer = model.get_submodule(first_linear)
+        qtype = consumer.quant_type if isinstance(consumer, QuantLinear) else "FLOAT"
+        for suffix, source in MINDIE_NORM_COPIES.items():
+            entries[f"{norm}.{suffix}"] = (tensors[f"{norm}.{source}"].clone(), qtype)
+    return entries
+
+
+def _norm_consumers(model: nn.Module) -> dict[str, str]:
+    """Each RMSNorm's full name mapped to the first linear that reads its output."""
+    consumers = {}
+    for i in range(len(decoder_layers(model))):
+        for pair in NORM_PAIRS:
+            consumers[f"model.layers.{i}.{pair.prev}"] = f"model.layers.{i}.{pair.nexts[0]}"
+    consumers["model.norm"] = LM_HEAD
+    return consumers
+
+
+def shard_file_name(quant_type: str, index: int, count: int) -> str:
+    return weight_file_name(quant_type).replace(".safetensors", f"-{index:05d}-of-{count:05d}.safetensors")
+
+
+def plan_shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
+    """Tensor names per shard, in order: a shard is closed before it would exceed ``max_bytes``.
+
+    A tensor larger than ``max_bytes`` gets a shard of its own.
+    """
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def write_weights(
+    tensors: dict[str, torch.Tensor], directory: Path, quant_type: str, part_file_size: float | None = None
+) -> list[Path]:
+    """One safetensors file, or shards plus the index JSON (``metadata.total_size``, ``weight_map``)."""
+    if part_file_size is None:
+        path = directory / weight_file_name(quant_type)
+        save_file(tensors, str(path), metadata={"format": "pt"})
+        return [path]
+    plan = plan_shards(tensors, int(part_file_size * BYTES_PER_GB))
+    paths, weight_map = [], {}
+    for i, names in enumerate(plan, start=1):
+        path = directory / shard_file_name(quant_type, i, len(plan))
+        save_file({n: tensors[n] for n in names}, str(path), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(names, path.name))
+        paths.append(path)
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    _write_json(directory / f"{weight_file_name(quant_type)}.index.json", index)
+    return paths
 
 
 def check_save_directory(save_directory: str | Path, overwrite: bool = False) -> Path:
@@ -90,6 +181,8 @@ def save_quantized(
     original_dtype: torch.dtype | None = None,
     extra_json: dict[str, Any] | None = None,
     overwrite: bool = False,
+    part_file_size: float | None = None,
+    mindie_format: bool = False,
 ) -> SavedOutput:
     """Write weights, description, config.json, tokenizer files and ``extra_json`` files."""
     target = check_save_directory(save_directory, overwrite)
@@ -97,10 +190,15 @@ def save_quantized(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         tensors = collect_tensors(model)
-        weight_path = tmp / weight_file_name(quant_type)
-        save_file(tensors, str(weight_path), metadata={"format": "pt"})
-        description = {**describe_tensors(model, list(tensors), quant_type), "version": DESCRIPTION_VERSION}
-        desc_path = tmp / description_file_name(quant_type)
+        description = describe_tensors(model, list(tensors), quant_type)
+        if mindie_format:
+            for name, (tensor, qtype) in mindie_norm_entries(model, tensors).items():
+                tensors[name] = tensor
+                description[name] = qtype
+        else:
+            description["version"] = DESCRIPTION_VERSION
+        weight_paths = write_weights(tensors, tmp, quant_type, part_file_size)
+        desc_path = tmp / description_file_name(quant_type, mindie_format)
         _write_json(desc_path, description)
         _save_config(model, tmp, original_dtype)
         _save_tokenizer(tokenizer, tmp)
@@ -111,7 +209,7 @@ def save_quantized(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     total = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
-    return SavedOutput(target, [target / weight_path.name], target / desc_path.name, total)
+    return SavedOutput(target, [target / p.name for p in weight_paths], target / desc_path.name, total)
 
 
 def _write_json(path: Path, payload: Any) -> None:

@@ -72,3 +72,17 @@ def level_fallback(n: int, range_params: Mapping[str, float], already_float: Seq
         name: f"disable_level L{n}: range_param {rp:.1f} ranks {rank}"
         for rank, (name, rp) in enumerate(ranked[:n], start=1)
     }
+
+
+def threshold_fallback(
+    threshold: float, quantile_scores: Mapping[str, float | None], already_float: Sequence[str]
+) -> dict[str, str]:
+    """``disable_threshold t > 0``: every down_proj whose quantile score exceeds t stays float (SPEC §5)."""
+    if threshold <= 0:
+        return {}
+    skip = set(already_float)
+    return {
+        name: f"disable_threshold {threshold:g}: quantile score {score:.3g} > {threshold:g}"
+        for name, score in quantile_scores.items()
+        if name.endswith(".mlp.down_proj") and name not in skip and score is not None and score > threshold
+    }

@@ -1,8 +1,10 @@
-"""One observation pass: forward hooks record the statistics of every linear's input.
+"""Observation passes: the statistics of every linear's input.
 
-Everything later steps need from the float model comes from here: per-channel absmax / max /
-min over all tokens (anti-outlier methods) and per-batch extremes and centred spread
-(``range_param`` of the float-fallback rules, SPEC §5).
+:func:`observe_linear_inputs` (one forward pass, hooks, streaming) gives what the anti-outlier
+methods need from the float model: per-channel absmax / max / min over all tokens and how far
+each channel strays from its batch's distribution. :func:`observe_layerwise` (one layer at a
+time) adds what needs a layer's raw inputs: the quantile score of ``disable_threshold``; with
+the per-batch extremes and centred spread it feeds the float-fallback rules (SPEC §5).
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from quant.arch import LM_HEAD
+from quant.arch import LM_HEAD, layer_index
 from quant.calib import Batch
+from quant.layerwise import iterate_layer_inputs
+
+QUANTILE_SAMPLE_START = 50  # disable_threshold samples sorted values [50::100] (SPEC §5)
+QUANTILE_SAMPLE_STEP = 100
 
 
 @dataclass
@@ -27,6 +33,9 @@ class InputStats:
     batch_max: list[float] = field(default_factory=list)  # max x of each batch
     batch_min: list[float] = field(default_factory=list)  # min x of each batch
     batch_centered_std: list[float] = field(default_factory=list)  # std(x_b - (cmax_b + cmin_b))
+    # (in_features,) max over batches of max_t |x_tj - mean_b| / std_b, mean/std over the whole batch
+    outlier_sigmas: torch.Tensor | None = None
+    quantile_score: float | None = None  # disable_threshold score, set by observe_layerwise
     tokens: int = 0
 
     def update(self, x: torch.Tensor) -> None:
@@ -41,6 +50,9 @@ class InputStats:
             self.amax = torch.maximum(self.amax, babs)
             self.cmax = torch.maximum(self.cmax, bmax)
             self.cmin = torch.minimum(self.cmin, bmin)
+        mean, std = flat.mean(), flat.std().clamp(min=1e-12)
+        sigmas = torch.maximum(bmax - mean, mean - bmin) / std
+        self.outlier_sigmas = sigmas if self.outlier_sigmas is None else torch.maximum(self.outlier_sigmas, sigmas)
         self.batch_max.append(float(bmax.max()))
         self.batch_min.append(float(bmin.min()))
         # The reference centres by the SUM of the channel extremes, not their midpoint (SPEC §5).
@@ -96,4 +108,48 @@ def observe_linear_inputs(model: nn.Module, batches: Sequence[Batch], names: Seq
     finally:
         for h in handles:
             h.remove()
+    return stats
+
+
+def quantile_score(x: torch.Tensor) -> float:
+    """The ``disable_threshold`` score of one linear's input (SPEC §5).
+
+    The input is flattened and sorted; every 100th value from index 50 is the sample (all
+    values when there are fewer than 51); ``score = 2·amax/254 / (q75 − q25 + 1e-10)`` with
+    amax = max|x| over the whole input and q25/q75 the sample's quartiles (linear interpolation).
+    """
+    ordered = x.detach().reshape(-1).float().sort().values
+    sample = ordered[QUANTILE_SAMPLE_START::QUANTILE_SAMPLE_STEP]
+    if sample.numel() == 0:
+        sample = ordered
+    q25, q75 = torch.quantile(sample.double(), torch.tensor([0.25, 0.75], dtype=torch.float64))
+    amax = float(ordered.abs().max())
+    return float(2 * amax / 254 / (float(q75 - q25) + 1e-10))
+
+
+def observe_layerwise(model: nn.Module, batches: Sequence[Batch], names: Sequence[str]) -> dict[str, InputStats]:
+    """:class:`InputStats` of each named linear, with its quantile score, one decoder layer at a time.
+
+    Memory: the hidden states of ``batches`` plus one layer's inputs. Linears that share one
+    input (q/k/v, gate/up) share the result.
+    """
+    wanted = set(names)
+    stats: dict[str, InputStats] = {}
+
+    def members_of(i: int, layer: nn.Module) -> dict[str, nn.Module]:
+        prefix = f"model.layers.{i}."
+        return {n: layer.get_submodule(n[len(prefix) :]) for n in wanted if layer_index(n) == i}
+
+    head = model.get_submodule(LM_HEAD) if LM_HEAD in wanted else None
+    for _i, inputs in iterate_layer_inputs(model, batches, members_of, head=head):
+        by_tensor: dict[int, InputStats] = {}
+        for name in sorted(inputs, key=list(names).index):
+            first = inputs[name][0]
+            if id(first) not in by_tensor:
+                own = InputStats()
+                for x in inputs[name]:
+                    own.update(x)
+                own.quantile_score = quantile_score(torch.cat(inputs[name]))
+                by_tensor[id(first)] = own
+            stats[name] = by_tensor[id(first)]
     return stats

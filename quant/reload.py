@@ -13,9 +13,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from quant.anti_outlier.base import add_norm_bias
 from quant.arch import get_module, norm_modules, set_module
+from quant.attention_quant import restore_attention_quant
 from quant.device import resolve_device
 from quant.errors import QuantInputError
-from quant.qlinear import SUPPORTED_TYPES, QuantLinear
+from quant.export import MINDIE_NORM_COPIES
+from quant.kv_cache import restore_kv_cache_quant
+from quant.schemes import SCHEMES, module_from_saved
 
 
 @dataclass
@@ -50,8 +53,8 @@ def read_tensors(directory: Path, quant_type: str) -> dict[str, torch.Tensor]:
 
 
 def load_quantized(directory: str | Path, device_type: str = "cpu") -> ReloadedModel:
-    """Build the float architecture from config.json, swap in QuantLinear where the description
-    says so, and load every saved tensor strictly."""
+    """Build the float architecture from config.json, swap in each scheme's module where the
+    description says so (shaped like the saved tensors), and load every saved tensor strictly."""
     directory = Path(directory)
     description = json.loads(find_description(directory).read_text())
     quant_type = description["model_quant_type"]
@@ -59,16 +62,23 @@ def load_quantized(directory: str | Path, device_type: str = "cpu") -> ReloadedM
     config = AutoConfig.from_pretrained(directory)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
-    module_types = {
-        name.rpartition(".")[0]: t for name, t in description.items() if name in tensors and t in SUPPORTED_TYPES
-    }
+    norms = norm_modules(model)
+    for norm in norms:  # mindie_format copies of the norms' weight and bias; the model reads the originals
+        for suffix in MINDIE_NORM_COPIES:
+            tensors.pop(f"{norm}.{suffix}", None)
+    module_types = {name.rpartition(".")[0]: t for name, t in description.items() if name in tensors and t in SCHEMES}
     for name, qtype in module_types.items():
-        linear = get_module(model, name)
-        has_bias = f"{name}.bias" in tensors
-        set_module(model, name, QuantLinear(linear.in_features, linear.out_features, qtype, has_bias=has_bias))
-    for name, norm in norm_modules(model).items():
+        saved = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
+        set_module(model, name, module_from_saved(qtype, get_module(model, name), saved))
+    for name, norm in norms.items():
         if f"{name}.bias" in tensors:
             add_norm_bias(norm)
+    for name, module in model.named_modules():
+        # Float linears that anti-outlier gave a bias (m2's shift); LLaMA linears have none.
+        if isinstance(module, torch.nn.Linear) and module.bias is None and f"{name}.bias" in tensors:
+            module.bias = torch.nn.Parameter(torch.zeros(module.out_features), requires_grad=False)
+    restore_kv_cache_quant(model, tensors)
+    restore_attention_quant(model, tensors)
     model.load_state_dict(tensors, strict=True)
     model = model.to(resolve_device(device_type)).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from quant.calib import read_calib_texts
+from quant.calib import read_anti_calib_file, read_calib_texts
 from quant.config import QuantConfig
 from quant.device import resolve_device
 from quant.errors import QuantInputError
@@ -15,7 +15,7 @@ from quant.pipeline import QuantResult, quantize
 
 
 def check_inputs(cfg: QuantConfig, overwrite: bool = False) -> None:
-    """Everything that can be checked without loading the model: paths, files, device."""
+    """Everything that can be checked without loading the model: paths, files, settings, device."""
     cfg.check_supported()
     resolve_model_source(cfg.model_path)
     if cfg.save_directory:
@@ -24,6 +24,8 @@ def check_inputs(cfg: QuantConfig, overwrite: bool = False) -> None:
         read_calib_texts(cfg.calib_file)
     elif not cfg.calib_texts:
         raise QuantInputError("calib_file", "no calibration data: give calib_file (JSONL) or calib_texts")
+    if cfg.anti_calib_file:
+        read_anti_calib_file(cfg.anti_calib_file)
     resolve_device(cfg.device_type)
 
 
@@ -37,6 +39,8 @@ def save_result(result: QuantResult, loaded: LoadedModel, save_directory: str, o
         original_dtype=loaded.original_dtype,
         extra_json={RECIPE_FILE: result.config.to_dict(), LAYER_REPORT_FILE: result.layer_report()},
         overwrite=overwrite,
+        part_file_size=result.config.part_file_size,
+        mindie_format=result.config.mindie_format,
     )
 
 

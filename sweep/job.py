@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +14,19 @@ from typing import Any
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from eval.boolq import BoolQResult, evaluate_boolq
+from eval.baseline import FloatBaseline
+from eval.baseline import float_baseline as eval_float_baseline
+from eval.boolq import evaluate_boolq
+from eval.cache import ResultCache
 from eval.compare import compare_boolq
+from eval.fingerprint import check_model_matches_saved
+from eval.perplexity import wikitext_perplexity
 from quant.config import QuantConfig
 from quant.export import LAYER_REPORT_FILE, RECIPE_FILE
 from quant.model_io import LoadedModel
 from quant.pipeline import calibration_batches, quantize
+from quant.reload import load_quantized
+from quant.report_plot import plot_layer_sqnr
 from quant.runner import check_inputs, save_result
 from sweep import shared_work
 from sweep.disk_cache import DiskCache
@@ -25,6 +34,8 @@ from sweep.plots import layer_range_figure
 from sweep.tracking import finite_metrics, flatten, setup_experiment, sha256_file, tracked_run
 
 log = logging.getLogger(__name__)
+# What produced a BoolQ number, beyond the eval.* params: logged as boolq.<key> tags.
+_LOGGED_BOOLQ_CONFIG = ("lm_eval_version", "task_config_hash", "data_sha256", "bos_prepended", "selection")
 
 BOOLQ_RESULT_ARTIFACT = "eval/boolq_result.json"  # BoolQResult.to_dict(): accuracy, config, per-example rows
 FLOAT_BOOLQ_RESULT_ARTIFACT = "eval/float_boolq_result.json"
@@ -42,15 +53,29 @@ class JobOutcome:
     save_directory: str = ""
 
 
-def _evaluate(model: Any, tokenizer: Any, boolq_cfg: dict[str, Any]) -> BoolQResult:
-    return evaluate_boolq(
-        model,
-        tokenizer,
-        data_path=boolq_cfg["data_path"],
-        limit=boolq_cfg.get("limit"),
-        seed=boolq_cfg.get("seed"),
-        batch_size=int(boolq_cfg.get("batch_size", 8)),
-    )
+def _boolq_args(cfg: DictConfig) -> dict[str, Any]:
+    boolq = OmegaConf.to_container(cfg.eval.boolq, resolve=True)
+    return {
+        "data_path": boolq["data_path"],
+        "limit": boolq.get("limit"),
+        "seed": boolq.get("seed"),
+        "batch_size": int(boolq.get("batch_size", 8)),
+        "add_bos_token": bool(boolq.get("add_bos_token", True)),
+    }
+
+
+def _perplexity_args(cfg: DictConfig) -> dict[str, Any] | None:
+    """The perplexity settings, or None when ``eval.perplexity.enabled`` is off."""
+    ppl = OmegaConf.to_container(cfg.eval.get("perplexity") or OmegaConf.create({}), resolve=True)
+    if not ppl.get("enabled", False):
+        return None
+    return {k: ppl[k] for k in ("max_tokens", "block_size", "stride") if ppl.get(k) is not None} | {
+        "path": ppl["data_path"]
+    }
+
+
+def _device_of(model: Any) -> str:
+    return str(next(model.parameters()).device)
 
 
 def disk_cache(cfg: DictConfig) -> DiskCache | None:
@@ -59,12 +84,38 @@ def disk_cache(cfg: DictConfig) -> DiskCache | None:
     return DiskCache(directory) if directory else None
 
 
-def float_baseline(cfg: DictConfig, qcfg: QuantConfig) -> BoolQResult:
-    """BoolQ of the float model, evaluated once per (model, eval settings) in this process."""
-    boolq_cfg = OmegaConf.to_container(cfg.eval.boolq, resolve=True)
+def float_baseline(cfg: DictConfig, qcfg: QuantConfig) -> FloatBaseline:
+    """The float model's BoolQ (and perplexity if enabled): from this process's memory, else from
+    the disk cache ``eval.cache_dir`` (shared by processes, keyed by content), else computed."""
     loaded = _float_model(cfg, qcfg)
-    key = (loaded.fingerprint, json.dumps(boolq_cfg, sort_keys=True))
-    return shared_work.memoized("baseline", key, lambda: _evaluate(loaded.model, loaded.tokenizer, boolq_cfg))
+    memo_key = (loaded.fingerprint, json.dumps(OmegaConf.to_container(cfg.eval, resolve=True), sort_keys=True))
+    baseline = shared_work.memoized(
+        "baseline",
+        memo_key,
+        lambda: eval_float_baseline(
+            ResultCache(cfg.eval.get("cache_dir")),
+            loaded.model,
+            loaded.tokenizer,
+            boolq={**_boolq_args(cfg), "device": _device_of(loaded.model)},
+            perplexity=_perplexity_args(cfg),
+        ),
+    )
+    if shared_work.events()[-1].hit:
+        return dataclasses.replace(baseline, source="memory", seconds=0.0)
+    return baseline
+
+
+def _evaluation_model(cfg: DictConfig, job_model: Any, saved_directory: Path, device_type: str) -> tuple[Any, Any]:
+    """The model to evaluate: reloaded from the saved directory (``eval.from_saved``) or the
+    in-memory one; either way its state is proven equal to the saved tensors and logged."""
+    if cfg.eval.get("from_saved", False):
+        reloaded = load_quantized(saved_directory, device_type=device_type)
+        model, tokenizer, source = reloaded.model, reloaded.tokenizer, "saved_directory"
+    else:
+        model, tokenizer, source = job_model.model, job_model.tokenizer, "in_memory"
+    check = check_model_matches_saved(model, saved_directory)  # raises if they differ
+    mlflow.set_tags({**check.to_tags("eval_"), "eval_source": source})
+    return model, tokenizer
 
 
 def _float_model(cfg: DictConfig, qcfg: QuantConfig) -> LoadedModel:
@@ -109,6 +160,10 @@ def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, s
         metrics["load_s"] = time.perf_counter() - t0
         metrics["float_size_bytes"] = _float_size_bytes(loaded)
         baseline = float_baseline(cfg, qcfg) if cfg.eval.float_baseline else None
+        if baseline is not None:
+            metrics["float_baseline_cache_hit"] = float(baseline.source != "computed")
+            metrics["float_baseline_s"] = baseline.seconds
+            mlflow.set_tags({"float_baseline_source": baseline.source, "float_baseline_cache_key": baseline.cache_key})
 
         t0 = time.perf_counter()
         device = next(loaded.model.parameters()).device
@@ -129,22 +184,38 @@ def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, s
         metrics["size_bytes"] = float(saved.total_bytes)
         metrics["float_layers"] = float(len(result.float_layers))
 
-        boolq_cfg = OmegaConf.to_container(cfg.eval.boolq, resolve=True)
-        quant_eval = _evaluate(job_model.model, job_model.tokenizer, boolq_cfg)
+        eval_model, eval_tokenizer = _evaluation_model(cfg, job_model, saved.directory, qcfg.device_type)
+        quant_eval = evaluate_boolq(eval_model, eval_tokenizer, device=_device_of(eval_model), **_boolq_args(cfg))
         metrics.update(quant_eval.to_metrics("boolq_"))
         mlflow.log_dict(quant_eval.to_dict(), BOOLQ_RESULT_ARTIFACT)
+        ppl_args = _perplexity_args(cfg)
+        if ppl_args is not None:
+            metrics.update(wikitext_perplexity(eval_model, eval_tokenizer, **ppl_args).to_metrics("wikitext2_"))
         if baseline is not None:
-            metrics.update(baseline.to_metrics("float_boolq_"))
-            metrics.update(compare_boolq(baseline, quant_eval).to_metrics("vs_float_"))
-            mlflow.log_dict(baseline.to_dict(), FLOAT_BOOLQ_RESULT_ARTIFACT)
+            metrics.update(baseline.boolq.to_metrics("float_boolq_"))
+            metrics.update(compare_boolq(baseline.boolq, quant_eval).to_metrics("vs_float_"))
+            # A cached baseline's time is that of the run which computed it.
+            metrics["vs_float_eval_time_ratio"] = quant_eval.elapsed / baseline.boolq.elapsed
+            if baseline.perplexity is not None:
+                metrics.update(baseline.perplexity.to_metrics("float_wikitext2_"))
+            mlflow.log_dict(baseline.boolq.to_dict(), FLOAT_BOOLQ_RESULT_ARTIFACT)
 
         _log_outputs(saved.directory, saved.weight_files, log_weights)
         mlflow.log_figure(layer_range_figure(result.layer_report()), "plots/layer_range_param.png")
+        _log_sqnr_plot(result.layer_report(), saved.directory)
         _log_cache_events(metrics)
         metrics["job_s"] = time.perf_counter() - started
+        mlflow.set_tags({f"boolq.{k}": str(quant_eval.config.get(k)) for k in _LOGGED_BOOLQ_CONFIG})
         mlflow.log_metrics(finite_metrics(metrics))
         mlflow.set_tag("quant_type", result.quant_type)
         return JobOutcome(run.info.run_id, result.quant_type, metrics, str(saved.directory))
+
+
+def _log_sqnr_plot(rows: list[dict[str, Any]], directory: Path) -> None:
+    """The per-layer SQNR plot (float layers marked), logged to the run (the saved output stays as written)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = plot_layer_sqnr(rows, Path(tmp) / "layer_sqnr.png", title=directory.name)
+        mlflow.log_artifact(str(path), "plots")
 
 
 def _is_own_leftover(qcfg: QuantConfig) -> bool:

@@ -17,11 +17,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from quant.anti_outlier import needs_statistics
 from quant.calib import Batch
 from quant.config import QuantConfig
 from quant.model_io import LoadedModel, load_model, resolve_model_source
 from quant.observe import InputStats
-from quant.pipeline import Smoothing, observe_float_model, observed_linears, smooth, smoothing_settings
+from quant.pipeline import (
+    Smoothing,
+    anti_outlier_batches,
+    anti_outlier_choice,
+    observe_float_model,
+    observed_linears,
+    smooth,
+    smoothing_settings,
+)
 from sweep.disk_cache import DiskCache, content_key
 from sweep.float_model_cache import float_model_key_parts, read_float_model, write_float_model
 from sweep.observation_cache import batches_digest, observation_key_parts, read_stats, write_stats
@@ -193,15 +202,19 @@ def smoothed_model(
     Callers quantize a :func:`private_copy` of the model with a copy of the smoothing.
     """
     started = time.perf_counter()
-    key = content_key("smoothing", loaded.fingerprint, batches_digest(batches), smoothing_settings(cfg))
+    device = next(loaded.model.parameters()).device
+    anti_batches = anti_outlier_batches(loaded.tokenizer, cfg, device, batches)
+    settings = smoothing_settings(cfg)
+    key = content_key("smoothing", loaded.fingerprint, batches_digest(batches), batches_digest(anti_batches), settings)
     outcome = "memory"
     if key not in _smoothed:
         outcome = "computed"
         _smoothed.clear()
-        anti_stats = float_observation(loaded, batches, cfg, disk) if cfg.anti_method != "none" else None
-        # "none" transforms nothing (only observes), so it may run on the shared float model itself.
-        target = loaded if cfg.anti_method == "none" else private_copy(loaded)
-        _smoothed[key] = (target, smooth(target.model, batches, cfg, anti_stats))
+        method, _ = anti_outlier_choice(cfg)
+        anti_stats = float_observation(loaded, anti_batches, cfg, disk) if needs_statistics(method) else None
+        # "none" transforms nothing (it only observes), so it may run on the shared float model itself.
+        target = loaded if method == "none" else private_copy(loaded)
+        _smoothed[key] = (target, smooth(target.model, batches, cfg, anti_stats, anti_batches))
     _record("smoothing", outcome, key, started)
     target, smoothing = _smoothed[key]
     return target, copy.deepcopy(smoothing)

@@ -67,3 +67,8 @@ def boolq_val() -> Path:
 @pytest.fixture(scope="session")
 def boolq_calib() -> Path:
     return _require(BOOLQ_CALIB)
+
+
+@pytest.fixture(scope="session")
+def wikitext_raw() -> Path:
+    return _require(WIKITEXT)

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import torch
-
-from quant.anti_outlier.base import AntiOutlierMethod, PairContext
+from quant.anti_outlier.base import AntiOutlierMethod, PairContext, PairTransform, ParamRule, migration_scales
 from quant.arch import NORM_PAIRS
 
-_MIN_SCALE = 1e-5
 
-
-def smoothquant_scales(ctx: PairContext) -> torch.Tensor:
+def smoothquant_transform(ctx: PairContext) -> PairTransform:
     """Per input channel: activation absmax^α over weight column absmax^(1−α)."""
-    alpha = float(ctx.params.get("alpha", 0.5))
-    amax = ctx.stats.amax
-    wmax = ctx.weight_column_absmax().to(amax.device).clamp(min=_MIN_SCALE)
-    return (amax.pow(alpha) / wmax.pow(1 - alpha)).clamp(min=_MIN_SCALE)
+    alpha = float(ctx.params["alpha"])
+    return PairTransform(migration_scales(ctx.stats.amax, ctx.weight_column_absmax(), alpha, 1 - alpha))
 
 
 METHOD = AntiOutlierMethod(
     name="m1",
     description="SmoothQuant: migrate activation outliers into the weights, per input channel",
     pairs=NORM_PAIRS,
-    scale_fn=smoothquant_scales,
+    transform_fn=smoothquant_transform,
     default_params={"alpha": 0.5},
+    param_rules={"alpha": ParamRule(0.0, 1.0)},
 )

@@ -11,9 +11,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-WIKITEXT_RAW = SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw"
-
 SMALL_TEXT_LINES = [
     " = Ghost in the Shell = ",
     " Ghost in the Shell is an anime film produced by Production I.G in 1995 . ",
@@ -36,13 +33,6 @@ def small_text_crlf(tmp_path) -> Path:
     path = tmp_path / "small_crlf.raw"
     path.write_bytes(("\r\n".join(SMALL_TEXT_LINES) + "\r\n").encode("utf-8"))
     return path
-
-
-@pytest.fixture(scope="session")
-def wikitext_raw() -> Path:
-    if not WIKITEXT_RAW.exists():
-        pytest.fail(f"shared data not found: {WIKITEXT_RAW}")
-    return WIKITEXT_RAW
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-import torch
+from lm_reference import continuation_loglik
 
 from eval.boolq import BoolQResult, evaluate_boolq, load_boolq_result, write_per_example
 from eval.data import normalise_label, read_boolq_jsonl, select_indices
@@ -22,26 +22,12 @@ def _rows(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _continuation_loglik(model, tokenizer, context: str, continuation: str, add_bos: bool) -> float:
-    """log P(continuation | context) the way lm-eval splits it: encode context+continuation and
-    context, the continuation tokens are the tail of the whole encoding."""
-    whole = tokenizer(context + continuation, add_special_tokens=add_bos)["input_ids"]
-    ctx = tokenizer(context, add_special_tokens=add_bos)["input_ids"]
-    assert whole[: len(ctx)] == ctx
-    cont = whole[len(ctx) :]
-    assert cont
-    with torch.no_grad():
-        logits = model(torch.tensor([whole])).logits[0].double()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    return sum(logprobs[len(ctx) - 1 + i, tok].item() for i, tok in enumerate(cont))
-
-
 def _independent(model, tokenizer, path, add_bos: bool):
     out = []
     for row in _rows(path):
         prompt = PROMPT.format(passage=row["passage"], question=row["question"])
-        ll_yes = _continuation_loglik(model, tokenizer, prompt, " yes", add_bos)
-        ll_no = _continuation_loglik(model, tokenizer, prompt, " no", add_bos)
+        ll_yes = continuation_loglik(model, tokenizer, prompt, " yes", add_bos)
+        ll_no = continuation_loglik(model, tokenizer, prompt, " no", add_bos)
         gold = 1 if row["label"] == "true" else 0
         pred = 1 if ll_yes > ll_no else 0
         out.append({"gold": gold, "ll_yes": ll_yes, "ll_no": ll_no, "pred": pred, "correct": pred == gold})
@@ -65,6 +51,10 @@ def test_accuracy_matches_independent_logits(tiny_model, tiny_tokenizer, tiny_bo
         assert ex.pred == ref["pred"]
         assert ex.correct == ref["correct"]
     assert result.accuracy == pytest.approx(sum(r["correct"] for r in expected) / len(expected))
+    # lm-eval's closed-form standard error of a mean: sample standard deviation (n - 1) / sqrt(n).
+    n, acc = len(expected), result.accuracy
+    variance = sum((r["correct"] - acc) ** 2 for r in expected) / (n - 1)
+    assert result.stderr == pytest.approx(math.sqrt(variance / n))
     assert result.config["bos_prepended"] is add_bos_token  # the tiny tokenizer's template adds BOS
 
 

@@ -71,3 +71,41 @@ def test_end_to_end_smollm2_small_subset(tmp_path, smollm2_gguf, boolq_calib, bo
     ids = direct.tokenizer("Is the sky blue?", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.equal(direct.model(ids).logits, cached.model(ids).logits)
+
+
+def test_float_baseline_is_cached_across_processes_and_saved_model_is_evaluated(tiny_inputs, wikitext_raw):
+    """Two separate sweep processes: the second reads the float baseline from the disk cache; both
+    evaluate the model reloaded from their output directory and log the tensor check."""
+    common = [
+        *tiny_inputs.sweep_args(),
+        "tracking.log_weights=false",
+        "eval.from_saved=true",
+        "eval.perplexity.enabled=true",
+        f"eval.perplexity.data_path={wikitext_raw}",
+        "eval.perplexity.max_tokens=200",
+        "eval.perplexity.block_size=64",
+        "eval.perplexity.stride=32",
+    ]
+    for run_dir in ("first", "second"):
+        proc = run_module("sweep", [*common, f"hydra.run.dir={tiny_inputs.root}/{run_dir}"], cwd=tiny_inputs.root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = sorted(_runs(tiny_inputs.uri), key=lambda r: r.info.start_time)
+    assert first.data.tags["float_baseline_source"] == "computed"
+    assert second.data.tags["float_baseline_source"] == "disk"
+    assert (first.data.metrics["float_baseline_cache_hit"], second.data.metrics["float_baseline_cache_hit"]) == (0, 1)
+    key = first.data.tags["float_baseline_cache_key"]
+    assert second.data.tags["float_baseline_cache_key"] == key
+    assert (tiny_inputs.root / "cache" / "boolq" / f"{key}.json").is_file()
+    for run in (first, second):
+        tags, metrics = run.data.tags, run.data.metrics
+        assert tags["eval_source"] == "saved_directory" and tags["eval_matches_saved"] == "true"
+        assert tags["eval_state_sha256"] == tags["eval_saved_tensors_sha256"]
+        assert tags["boolq.lm_eval_version"] and len(tags["boolq.task_config_hash"]) == 64
+        assert tags["boolq.bos_prepended"] == "True"  # the tiny tokenizer adds BOS
+        assert metrics["wikitext2_ppl"] > 1 and metrics["float_wikitext2_ppl"] > 1
+        assert metrics["wikitext2_n_tokens"] == metrics["float_wikitext2_n_tokens"]
+    for name in ("float_boolq_acc", "float_wikitext2_ppl", "boolq_acc", "wikitext2_ppl"):
+        assert first.data.metrics[name] == second.data.metrics[name]
+    # Both jobs quantized the same model with the same recipe: the same saved tensors.
+    assert first.data.tags["eval_saved_tensors_sha256"] == second.data.tags["eval_saved_tensors_sha256"]
+    mlflow.set_tracking_uri("")

@@ -1,0 +1,111 @@
+"""Content digests of what is evaluated: model tensors, model config, tokenizer, saved weight files.
+
+They key the float-baseline cache and prove that the model a sweep evaluated is the one it saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.data import sha256_json
+from quant.reload import find_description, read_tensors
+
+# Config entries that name where a model came from or what wrote it, not how it computes.
+_VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "_commit_hash")
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """SHA-256 of one tensor's dtype, shape and raw bytes (on CPU, contiguous)."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    digest = hashlib.sha256(f"{flat.dtype}|{tuple(tensor.shape)}|".encode())
+    digest.update(flat.view(torch.uint8).numpy())  # bytes of any dtype, bfloat16 included
+    return digest.hexdigest()
+
+
+def tensor_digests(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """``{name: tensor_sha256}`` for every tensor."""
+    return {name: tensor_sha256(t) for name, t in tensors.items()}
+
+
+def combine_digests(digests: Mapping[str, str]) -> str:
+    """One SHA-256 for a set of named digests, independent of their order."""
+    return sha256_json(sorted(digests.items()))
+
+
+def model_config_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's HF config without its source path and writer version.
+
+    The config matters beyond the tensors: e.g. ``rope_theta`` sets buffers that are not saved.
+    """
+    config = getattr(model, "config", None)
+    values = config.to_dict() if config is not None else {}
+    for key in _VOLATILE_CONFIG_KEYS:
+        values.pop(key, None)
+    return sha256_json(values)
+
+
+def model_sha256(model: torch.nn.Module) -> str:
+    """Content key of a model: every state-dict tensor (dtype, shape, bytes) and its config."""
+    return sha256_json(
+        {"tensors": combine_digests(tensor_digests(model.state_dict())), "config": model_config_sha256(model)}
+    )
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """Content key of a tokenizer: its full serialisation (fast tokenizers) or vocabulary, its
+    special tokens and padding side."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body: Any = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+    return sha256_json(
+        {
+            "class": type(tokenizer).__name__,
+            "body": body,
+            "special_tokens": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+            "padding_side": getattr(tokenizer, "padding_side", None),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class SavedWeightsCheck:
+    """The evaluated model's state-dict digest equals the digest of the tensors read back from disk."""
+
+    model_sha256: str
+    saved_sha256: str
+    n_tensors: int
+
+    def to_tags(self, prefix: str = "eval_") -> dict[str, str]:
+        """Tags for experiment tracking."""
+        return {
+            f"{prefix}state_sha256": self.model_sha256,
+            f"{prefix}saved_tensors_sha256": self.saved_sha256,
+            f"{prefix}matches_saved": str(self.model_sha256 == self.saved_sha256).lower(),
+        }
+
+
+def check_model_matches_saved(model: torch.nn.Module, directory: str | Path) -> SavedWeightsCheck:
+    """Prove that ``model``'s state dict is exactly the saved weight file(s) in ``directory``.
+
+    Compares name sets and each tensor's dtype, shape and bytes; raises RuntimeError naming the
+    first differences otherwise.
+    """
+    directory = Path(directory)
+    quant_type = json.loads(find_description(directory).read_text())["model_quant_type"]
+    saved = tensor_digests(read_tensors(directory, quant_type))
+    live = tensor_digests(model.state_dict())
+    if saved != live:
+        missing = sorted(saved.keys() - live.keys())[:5]
+        extra = sorted(live.keys() - saved.keys())[:5]
+        changed = sorted(k for k in saved.keys() & live.keys() if saved[k] != live[k])[:5]
+        raise RuntimeError(
+            f"the evaluated model differs from the weights saved in {directory}: "
+            f"only saved {missing}, only in the model {extra}, different {changed}"
+        )
+    return SavedWeightsCheck(combine_digests(live), combine_digests(saved), len(saved))
