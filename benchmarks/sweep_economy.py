@@ -33,10 +33,8 @@ GRID = [(anti, f"L{n}") for anti in ("none", "m1") for n in range(6)]  # = conf/
 STAGES = (  # logged per job: where a job's time goes
     ("float model (load or cache)", "cache_float_model_s"),
     ("float BoolQ baseline", "cache_baseline_s"),
-    ("float observation", "cache_observation_s"),
-    ("copy of the float model", "copy_s"),
-    ("anti-outlier", "time_anti_outlier_s"),
-    ("range_param observation (5 batches)", "time_fallback_s"),
+    ("smoothing: float observation, anti-outlier, range_param observation", "cache_smoothing_s"),
+    ("copy of the (smoothed) float model", "copy_s"),
     ("quantize weights", "time_quantize_weights_s"),
     ("calibrate activations", "time_calibrate_s"),
     ("save output", "save_s"),

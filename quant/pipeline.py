@@ -30,7 +30,7 @@ from quant.observers import observer_factory
 from quant.report import STATUS_FLOAT, LayerReport, build_layer_report
 from quant.schemes import check_shapes, quantize_linears
 
-__all__ = ["LayerReport", "QuantResult", "calibration_batches", "quantize"]
+__all__ = ["LayerReport", "QuantResult", "Smoothing", "calibration_batches", "quantize", "smooth", "smoothing_settings"]
 
 log = logging.getLogger(__name__)
 RANGE_PARAM_BATCHES = 5  # disable_level ranks on the first 5 calibration batches (SPEC §5)
@@ -144,31 +144,53 @@ def _untie_lm_head(model: nn.Module) -> None:
         head.weight = nn.Parameter(embed.weight.detach().clone(), requires_grad=False)
 
 
-def quantize(
+@dataclass
+class Smoothing:
+    """What :func:`smooth` did to a float model: the anti-outlier transform (SPEC §3) and the input
+    statistics of every observed linear afterwards, on the first calibration batches (SPEC §5)."""
+
+    anti_outlier: AntiOutlierReport
+    post_stats: dict[str, InputStats]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# Recipe fields used only after smoothing: recipes that differ in nothing else share one smooth().
+AFTER_SMOOTHING_FIELDS = (
+    "act_method",
+    "disable_level",
+    "disable_names",
+    "disable_threshold",
+    "save_directory",
+    "part_file_size",
+    "mindie_format",
+)
+
+
+def smoothing_settings(cfg: QuantConfig) -> dict[str, Any]:
+    """The recipe fields :func:`smooth` may depend on (every field not in AFTER_SMOOTHING_FIELDS)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in AFTER_SMOOTHING_FIELDS}
+
+
+def anti_outlier_choice(cfg: QuantConfig) -> tuple[str, dict[str, Any]]:
+    """The anti-outlier method and settings the recipe runs (``do_smooth`` means SmoothQuant)."""
+    return (DO_SMOOTH_METHOD, DO_SMOOTH_PARAMS) if cfg.do_smooth else (cfg.anti_method, cfg.anti_params)
+
+
+def smooth(
     model: nn.Module,
-    tokenizer: Any,
+    batches: Sequence[Batch],
     cfg: QuantConfig,
-    calib_batches: Sequence[Batch] | None = None,
     anti_stats: dict[str, InputStats] | None = None,
-) -> QuantResult:
-    """Quantize ``model`` in place per ``cfg``.
+    anti_batches: Sequence[Batch] | None = None,
+) -> Smoothing:
+    """Apply the recipe's anti-outlier method to ``model`` in place, then observe the linears' inputs.
 
-    ``calib_batches`` / ``anti_stats`` may be given to reuse work a sweep already did
-    (tokenized calibration data; float-model input statistics over the anti-outlier data).
+    ``anti_batches``: the anti-outlier data (:func:`anti_outlier_batches`; default ``batches``).
+    ``anti_stats`` (from :func:`observe_float_model` over them) may be given to reuse a sweep's pass.
     """
-    cfg.check_supported()
+    anti_batches = list(batches) if anti_batches is None else list(anti_batches)
+    anti_method, anti_params = anti_outlier_choice(cfg)
     timings: dict[str, float] = {}
-    device = next(model.parameters()).device
-    t = time.perf_counter()
-    batches = list(calib_batches) if calib_batches is not None else calibration_batches(tokenizer, cfg, device)
-    anti_batches = anti_outlier_batches(tokenizer, cfg, device, batches)
-    names = linear_names(model)
-    observed = observed_linears(model, cfg)
-    timings["calib_data_s"] = time.perf_counter() - t
-
-    anti_method, anti_params = (
-        (DO_SMOOTH_METHOD, DO_SMOOTH_PARAMS) if cfg.do_smooth else (cfg.anti_method, cfg.anti_params)
-    )
     t = time.perf_counter()
     if needs_statistics(anti_method) and anti_stats is None:
         anti_stats = observe_float_model(model, anti_batches, cfg)
@@ -187,7 +209,41 @@ def quantize(
     timings["anti_outlier_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    post_stats = observe_layerwise(model, batches[:RANGE_PARAM_BATCHES], observed)
+    post_stats = observe_layerwise(model, batches[:RANGE_PARAM_BATCHES], observed_linears(model, cfg))
+    timings["range_param_s"] = time.perf_counter() - t
+    return Smoothing(anti_report, post_stats, timings)
+
+
+def quantize(
+    model: nn.Module,
+    tokenizer: Any,
+    cfg: QuantConfig,
+    calib_batches: Sequence[Batch] | None = None,
+    anti_stats: dict[str, InputStats] | None = None,
+    smoothing: Smoothing | None = None,
+) -> QuantResult:
+    """Quantize ``model`` in place per ``cfg``.
+
+    ``calib_batches`` / ``anti_stats`` may be given to reuse work a sweep already did
+    (tokenized calibration data; float-model input statistics over the anti-outlier data).
+    ``smoothing`` says that ``model`` is already smoothed: it is what :func:`smooth` returned for a
+    recipe with the same :func:`smoothing_settings` and batches, on a copy of the same float model.
+    """
+    cfg.check_supported()
+    timings: dict[str, float] = {}
+    device = next(model.parameters()).device
+    t = time.perf_counter()
+    batches = list(calib_batches) if calib_batches is not None else calibration_batches(tokenizer, cfg, device)
+    names = linear_names(model)
+    timings["calib_data_s"] = time.perf_counter() - t
+
+    if smoothing is None:
+        anti_batches = anti_outlier_batches(tokenizer, cfg, device, batches)
+        smoothing = smooth(model, batches, cfg, anti_stats, anti_batches)
+        timings.update(smoothing.timings)
+    anti_report, post_stats = smoothing.anti_outlier, smoothing.post_stats
+
+    t = time.perf_counter()
     float_layers = choose_float_layers(cfg, names, post_stats)
     timings["fallback_s"] = time.perf_counter() - t
     for name, reason in float_layers.items():

@@ -140,7 +140,7 @@ def _float_size_bytes(loaded: LoadedModel) -> float:
 def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, str], log_weights: bool) -> JobOutcome:
     """Quantize, save, evaluate and log one recipe inside its own MLflow run.
 
-    Shared work (float model, calibration statistics, float baseline) comes from
+    Shared work (float model, its statistics, the smoothed model, float baseline) comes from
     :mod:`sweep.shared_work`; what was reused is logged as ``cache.*`` tags and metrics.
     Any exception marks the run FAILED (with the error) and propagates to the caller.
     """
@@ -168,18 +168,14 @@ def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, s
         t0 = time.perf_counter()
         device = next(loaded.model.parameters()).device
         batches = calibration_batches(loaded.tokenizer, qcfg, device)
-        anti_stats = None
-        # The shared float observation covers the calibration batches; a separate anti_calib_file
-        # (or no anti-outlier method) leaves the statistics to quantize() itself.
-        if qcfg.anti_method != "none" and not qcfg.anti_calib_file:
-            anti_stats = shared_work.float_observation(loaded, batches, qcfg, disk_cache(cfg))
-        metrics["shared_observation_s"] = time.perf_counter() - t0
+        smoothed, smoothing = shared_work.smoothed_model(loaded, batches, qcfg, disk_cache(cfg))
+        metrics["smoothing_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        job_model = shared_work.private_copy(loaded)
+        job_model = shared_work.private_copy(smoothed)
         metrics["copy_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        result = quantize(job_model.model, job_model.tokenizer, qcfg, calib_batches=batches, anti_stats=anti_stats)
+        result = quantize(job_model.model, job_model.tokenizer, qcfg, calib_batches=batches, smoothing=smoothing)
         metrics["quantize_s"] = time.perf_counter() - t0
         metrics.update({f"time_{k}": v for k, v in result.timings.items()})
         t0 = time.perf_counter()

@@ -1,5 +1,5 @@
-"""Work that the jobs of a sweep share: the loaded float model, its observed input statistics and
-its BoolQ baseline.
+"""Work that the jobs of a sweep share: the loaded float model, its observed input statistics, the
+smoothed model of each anti-outlier setting, and the float model's BoolQ baseline.
 
 Each is computed at most once per process (Hydra's basic launcher runs every job of a multirun
 in one process) and, for the model and the statistics, once per machine: a content-keyed
@@ -17,14 +17,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from quant.anti_outlier import needs_statistics
 from quant.calib import Batch
 from quant.config import QuantConfig
 from quant.model_io import LoadedModel, load_model, resolve_model_source
 from quant.observe import InputStats
-from quant.pipeline import observe_float_model, observed_linears
+from quant.pipeline import (
+    Smoothing,
+    anti_outlier_batches,
+    anti_outlier_choice,
+    observe_float_model,
+    observed_linears,
+    smooth,
+    smoothing_settings,
+)
 from sweep.disk_cache import DiskCache, content_key
 from sweep.float_model_cache import float_model_key_parts, read_float_model, write_float_model
-from sweep.observation_cache import observation_key_parts, read_stats, write_stats
+from sweep.observation_cache import batches_digest, observation_key_parts, read_stats, write_stats
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +60,7 @@ class CacheEvent:
 _models: dict[tuple, tuple[LoadedModel, str]] = {}  # memory key -> (model, content key)
 _results: dict[tuple, Any] = {}
 _events: list[CacheEvent] = []
+_smoothed: dict[str, tuple[LoadedModel, Smoothing]] = {}  # at most one entry
 
 
 def reset_events() -> None:
@@ -178,6 +188,36 @@ def _read_disk_stats(disk: DiskCache, key: str, device: Any) -> dict[str, InputS
         log.warning("observation cache entry %s unreadable (%s); observing again", key, exc)
         disk.discard("observation", key)
         return None
+
+
+def smoothed_model(
+    loaded: LoadedModel, batches: Sequence[Batch], cfg: QuantConfig, disk: DiskCache | None = None
+) -> tuple[LoadedModel, Smoothing]:
+    """The float model after ``cfg``'s anti-outlier method, and its :class:`Smoothing`.
+
+    Shared by every recipe with the same :func:`~quant.pipeline.smoothing_settings` (they differ
+    only in act_method and the float-layer choices): the anti-outlier method, its search if it
+    has one, and the range_param observation run once. Only the latest smoothed model is kept
+    (a grid iterates its first axis, anti_method, outermost), so memory holds one more model.
+    Callers quantize a :func:`private_copy` of the model with a copy of the smoothing.
+    """
+    started = time.perf_counter()
+    device = next(loaded.model.parameters()).device
+    anti_batches = anti_outlier_batches(loaded.tokenizer, cfg, device, batches)
+    settings = smoothing_settings(cfg)
+    key = content_key("smoothing", loaded.fingerprint, batches_digest(batches), batches_digest(anti_batches), settings)
+    outcome = "memory"
+    if key not in _smoothed:
+        outcome = "computed"
+        _smoothed.clear()
+        method, _ = anti_outlier_choice(cfg)
+        anti_stats = float_observation(loaded, anti_batches, cfg, disk) if needs_statistics(method) else None
+        # "none" transforms nothing (it only observes), so it may run on the shared float model itself.
+        target = loaded if method == "none" else private_copy(loaded)
+        _smoothed[key] = (target, smooth(target.model, batches, cfg, anti_stats, anti_batches))
+    _record("smoothing", outcome, key, started)
+    target, smoothing = _smoothed[key]
+    return target, copy.deepcopy(smoothing)
 
 
 def memoized(kind: str, key: tuple, compute: Callable[[], T]) -> T:

@@ -25,12 +25,13 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.", "Question: is the sky b
 
 @pytest.fixture(autouse=True)
 def _fresh_process_caches():
-    shared_work._models.clear()
-    shared_work._results.clear()
+    caches = (shared_work._models, shared_work._results, shared_work._smoothed)
+    for cache in caches:
+        cache.clear()
     shared_work.reset_events()
     yield
-    shared_work._models.clear()
-    shared_work._results.clear()
+    for cache in caches:
+        cache.clear()
 
 
 def test_content_key_separates_parts_and_values():
@@ -197,3 +198,31 @@ def test_observation_key_follows_the_inputs_and_callers_get_private_copies(tiny_
     outcomes = [(e.outcome, e.key) for e in shared_work.events()]
     assert [o for o, _ in outcomes] == ["computed", "memory", "computed", "computed"]
     assert len({k for _, k in outcomes}) == 3
+
+
+def test_smoothed_model_is_shared_by_levels_and_reproduces_the_recipe(tiny_tokenizer):
+    model = build_tiny_llama("llama2")
+    loaded = LoadedModel(model, tiny_tokenizer, "tiny", torch.float32, "fp-tiny")
+    batches = _batches(tiny_tokenizer)
+    for anti in ("m1", "none"):
+        for level in ("L0", "L2"):
+            cfg = QuantConfig(calib_texts=TEXTS, anti_method=anti, disable_level=level)
+            smoothed, smoothing = shared_work.smoothed_model(loaded, batches, cfg)
+            assert (smoothed is loaded) == (anti == "none")  # "none" transforms nothing: no copy
+            job_model = shared_work.private_copy(smoothed).model
+            reused = quantize(job_model, tiny_tokenizer, cfg, calib_batches=batches, smoothing=smoothing)
+            fresh = quantize(copy.deepcopy(model), tiny_tokenizer, cfg)
+            ref, got = fresh.model.state_dict(), reused.model.state_dict()
+            assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), (anti, level)
+    kinds = [(e.kind, e.outcome) for e in shared_work.events()]
+    assert kinds == [
+        ("observation", "computed"),
+        ("smoothing", "computed"),
+        ("smoothing", "memory"),
+        ("smoothing", "computed"),  # only the latest smoothing is kept
+        ("smoothing", "memory"),
+    ]
+    assert len(shared_work._smoothed) == 1
+    # The float model itself was never transformed.
+    pristine = build_tiny_llama("llama2").state_dict()
+    assert all(torch.equal(t, pristine[k]) for k, t in model.state_dict().items())
