@@ -66,8 +66,10 @@ def convert_value(field: dataclasses.Field, raw: Any) -> Any:
     if raw is None:
         return None
     if name in _LIST_FIELDS:
-        items = [part for text in raw for part in str(text).split(",") if part.strip()]
-        return [item.strip() for item in items]
+        items = [part.strip() for text in raw for part in str(text).split(",") if part.strip()]
+        if not items:
+            raise QuantInputError(name, "no value; valid: one or more non-blank texts (module names for disable_names)")
+        return items
     if isinstance(raw, str) and raw == "":
         raise QuantInputError(name, "empty value; give a value or leave the parameter out")
     if ftype == "bool":
@@ -146,6 +148,17 @@ def check_empty_equals(argv: Sequence[str]) -> None:
             raise QuantInputError(name, f"empty value in {token!r}{hint}; write --{name}=VALUE or --{name} VALUE")
 
 
+def reject_unknown(unknown: Sequence[str]) -> None:
+    """Name the first unknown ``--parameter`` (argparse would print only 'unrecognized arguments')."""
+    if not unknown:
+        return
+    first = unknown[0]
+    name = first[2:].split("=", 1)[0] if first.startswith("--") else first
+    valid = ", ".join(sorted([*(f.name for f in dataclasses.fields(QuantConfig)), *EXTENSIONS]))
+    what = "unknown parameter" if first.startswith("--") else "stray argument (every value follows a --parameter)"
+    raise QuantInputError(name, f"{what}; valid parameters: {valid}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -153,8 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_empty_equals(argv)
     except QuantInputError as exc:
         fail(str(exc))
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
     try:
+        reject_unknown(unknown)
         cfg, extensions = config_from_args(args)
         t0 = time.perf_counter()
         summary = run(cfg, **extensions)
