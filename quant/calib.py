@@ -5,6 +5,7 @@ anti-outlier data of ``anti_calib_file`` (``.jsonl``: groups of 4 texts without 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,16 @@ ANTI_JSONL_GROUP = 4  # .jsonl anti-outlier texts are batched in groups of 4 (SP
 ANTI_PAD_ID = 0
 _ANTI_PARAM = "anti_calib_file"
 _JSON_SHAPE = 'a JSON list of batches, each a list of [text] items, e.g. [[["a"], ["b"]]]'
+
+
+DEFAULT_CALIB_FILE = "msmodelslim_common/teacher_qualification.jsonl"
+
+
+def default_calib_file() -> Path:
+    """The reference's default ``calib_file`` (its ``example/common/teacher_qualification.jsonl``),
+    looked up in the shared data: ``$QUANT_DATA_DIR``, else ``../shared/data`` beside the repository."""
+    data_root = os.environ.get("QUANT_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(data_root) / DEFAULT_CALIB_FILE
 
 
 CALIB_FILE_VALID = f"valid: a readable JSONL file, one JSON object per line with a non-empty '{TEXT_KEY}' text"

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from quant.calib import default_calib_file
 from quant.config import QuantConfig
 from quant.errors import QuantInputError, invalid_value
 
@@ -127,6 +128,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[QuantConfig, dict[str, b
     for name in ("model_path", "save_directory"):
         if not values.get(name):
             raise QuantInputError(name, "is required")
+    if "calib_file" not in values and "calib_texts" not in values:
+        values["calib_file"] = str(default_calib_file())  # the reference's default, recorded in quant_recipe.json
     extensions = {name: parse_bool(name, getattr(args, name)) for name in EXTENSIONS}
     return QuantConfig.from_dict(values), extensions
 
