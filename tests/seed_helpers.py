@@ -58,23 +58,28 @@ def model_family(argv: tuple[str, ...]) -> str:
     )
 
 
-def save_family_model(path: Path, family: str) -> Path:
+FAMILIES = ("llama2", "llama3", "llama3.1", "llama3.1-instruct")
+
+
+def save_family_model(path: Path, family: str, num_layers: int | None = None) -> Path:
     """A tiny model of ``family`` ("llama3.1-instruct": llama3.1 with a chat template) as an HF directory."""
     tokenizer = build_tiny_tokenizer()
     if family.endswith("-instruct"):
         tokenizer.chat_template = CHAT_TEMPLATE
     base = family.removesuffix("-instruct")
-    build_tiny_llama(base, num_layers=TINY_LAYERS[base]).save_pretrained(path)
+    build_tiny_llama(base, num_layers=num_layers or TINY_LAYERS[base]).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
 
-def write_data_root(root: Path) -> Path:
-    """``root/msmodelslim_common`` with small files in the formats of the reference's common/ files."""
+def write_data_root(root: Path, texts: int = 8) -> Path:
+    """``root/msmodelslim_common`` with small files in the formats of the reference's common/ files
+    (the first ``texts`` of the tiny calibration texts in each JSONL file)."""
     common = root / "msmodelslim_common"
     common.mkdir(parents=True)
     for name in ("boolq.jsonl", "teacher_qualification.jsonl", "llama_calib_prompt.jsonl", "llama_anti_prompt.jsonl"):
-        write_calib_file(common / name)
+        lines = write_calib_file(common / name).read_text().splitlines(keepends=True)
+        (common / name).write_text("".join(lines[:texts]))
     batches = [[["Question: is the sky blue? Answer:"], ["There are 15 trees in the grove."]]] * 2
     (common / "llama_anti_prompt.json").write_text(json.dumps(batches))
     return root
