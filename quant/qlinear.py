@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quant.quantizers import QuantizedWeight
+
 # Types whose activation parameters are fixed by calibration (quant/calibrate.py).
 STATIC_ACT_TYPES = ("W8A8", "W8A8S", "W8A8_MIX")
 WEIGHT_ONLY_TYPES = ("W8A16", "W4A16")
@@ -43,6 +45,17 @@ class QuantLinear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight this layer multiplies by, float32 (out, in)."""
         raise NotImplementedError
+
+    def fill_from_float(self, linear: nn.Linear, qweight: QuantizedWeight) -> QuantLinear:
+        """Copy a quantized weight (and the float layer's bias) into this freshly built module."""
+        self.to(linear.weight.device)
+        self.weight.copy_(qweight.q)
+        self.weight_scale.copy_(qweight.scale)
+        self.weight_offset.copy_(qweight.offset)
+        if linear.bias is not None:
+            self.bias.copy_(linear.bias.detach().float())
+        self.refresh()
+        return self
 
     def refresh(self) -> None:
         """Rebuild the cached float matmul operand from the integer buffers (after any change)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ from sweep.plots import layer_range_figure
 from sweep.tracking import finite_metrics, flatten, setup_experiment, sha256_file, tracked_run
 
 log = logging.getLogger(__name__)
+# What produced a BoolQ number, beyond the eval.* params: logged as boolq.<key> tags.
+_LOGGED_BOOLQ_CONFIG = ("lm_eval_version", "task_config_hash", "data_sha256", "bos_prepended", "selection")
 
 BOOLQ_RESULT_ARTIFACT = "eval/boolq_result.json"  # BoolQResult.to_dict(): accuracy, config, per-example rows
 FLOAT_BOOLQ_RESULT_ARTIFACT = "eval/float_boolq_result.json"
@@ -195,6 +198,8 @@ def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, s
         if baseline is not None:
             metrics.update(baseline.boolq.to_metrics("float_boolq_"))
             metrics.update(compare_boolq(baseline.boolq, quant_eval).to_metrics("vs_float_"))
+            # A cached baseline's time is that of the run which computed it.
+            metrics["vs_float_eval_time_ratio"] = quant_eval.elapsed / baseline.boolq.elapsed
             if baseline.perplexity is not None:
                 metrics.update(baseline.perplexity.to_metrics("float_wikitext2_"))
             mlflow.log_dict(baseline.boolq.to_dict(), FLOAT_BOOLQ_RESULT_ARTIFACT)
@@ -204,15 +209,17 @@ def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, s
         _log_sqnr_plot(result.layer_report(), saved.directory)
         _log_cache_events(metrics)
         metrics["job_s"] = time.perf_counter() - started
+        mlflow.set_tags({f"boolq.{k}": str(quant_eval.config.get(k)) for k in _LOGGED_BOOLQ_CONFIG})
         mlflow.log_metrics(finite_metrics(metrics))
         mlflow.set_tag("quant_type", result.quant_type)
         return JobOutcome(run.info.run_id, result.quant_type, metrics, str(saved.directory))
 
 
 def _log_sqnr_plot(rows: list[dict[str, Any]], directory: Path) -> None:
-    """The per-layer SQNR plot (float layers marked), written beside the weights and logged."""
-    path = plot_layer_sqnr(rows, directory / "quant_layer_sqnr.png", title=directory.name)
-    mlflow.log_artifact(str(path), "plots")
+    """The per-layer SQNR plot (float layers marked), logged to the run (the saved output stays as written)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = plot_layer_sqnr(rows, Path(tmp) / "layer_sqnr.png", title=directory.name)
+        mlflow.log_artifact(str(path), "plots")
 
 
 def _is_own_leftover(qcfg: QuantConfig) -> bool:

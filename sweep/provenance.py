@@ -31,6 +31,8 @@ PACKAGES = (
 )
 # Job config keys that do not change the result: where it is written, logged or cached.
 VOLATILE_KEYS = ("save_directory", "overwrite", "tracking", "cache", "resume", "data_root")
+# The same inside a group: (group, key).
+VOLATILE_GROUP_KEYS = (("eval", "cache_dir"),)
 
 
 @functools.cache
@@ -78,6 +80,9 @@ def config_hash(cfg: DictConfig) -> str:
             continue  # never resolved: e.g. save_directory needs the Hydra job's runtime
         node = cfg[key]
         resolved[str(key)] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    for group, key in VOLATILE_GROUP_KEYS:
+        if isinstance(resolved.get(group), dict):
+            resolved[group].pop(key, None)
     return content_key("job", resolved, model_fingerprint(str(cfg.model.path)))[:16]
 
 

@@ -30,14 +30,8 @@ class DynamicLinear(QuantLinear):
     @classmethod
     def from_float(cls, linear: nn.Linear, spec: LinearSpec) -> DynamicLinear:
         qweight = spec.quantize_weight(linear.weight)
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None).to(linear.weight.device)
-        layer.weight.copy_(qweight.q)
-        layer.weight_scale.copy_(qweight.scale)
-        layer.weight_offset.copy_(qweight.offset)
-        if linear.bias is not None:
-            layer.bias.copy_(linear.bias.detach().float())
-        layer.refresh()
-        return layer
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        return layer.fill_from_float(linear, qweight)
 
     @classmethod
     def from_saved(cls, linear: nn.Linear, _quant_type: str, tensors: dict[str, torch.Tensor]) -> DynamicLinear:

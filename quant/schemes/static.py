@@ -65,9 +65,9 @@ class StaticActLinear(QuantLinear):
         self.phase = "auto"
         n = out_features
         self.register_buffer("weight", torch.zeros(n, in_features, dtype=torch.int8))
-        saves_weight_scale = quant_type != "W8A8S"
-        self.register_buffer("weight_scale", torch.ones(n, 1), persistent=saves_weight_scale)
-        self.register_buffer("weight_offset", torch.zeros(n, 1), persistent=saves_weight_scale)
+        self.saves_weight_scale = quant_type != "W8A8S"
+        self.register_buffer("weight_scale", torch.ones(n, 1), persistent=self.saves_weight_scale)
+        self.register_buffer("weight_offset", torch.zeros(n, 1), persistent=self.saves_weight_scale)
         self.register_buffer("input_scale", torch.ones(shards))
         self.register_buffer("input_offset", torch.zeros(shards))
         self.register_buffer("quant_bias", torch.zeros(shards * n, dtype=torch.int32))
@@ -83,14 +83,7 @@ class StaticActLinear(QuantLinear):
     def from_float(cls, linear: nn.Linear, spec: LinearSpec) -> StaticActLinear:
         qweight = spec.quantize_weight(linear.weight)
         layer = cls(linear.in_features, linear.out_features, spec.quant_type, spec.act_shards, linear.bias is not None)
-        layer.to(linear.weight.device)
-        layer.weight.copy_(qweight.q)
-        layer.weight_scale.copy_(qweight.scale)
-        layer.weight_offset.copy_(qweight.offset)
-        if linear.bias is not None:
-            layer.bias.copy_(linear.bias.detach().float())
-        layer.refresh()
-        return layer
+        return layer.fill_from_float(linear, qweight)
 
     @classmethod
     def from_saved(cls, linear: nn.Linear, quant_type: str, tensors: dict[str, torch.Tensor]) -> StaticActLinear:
@@ -139,15 +132,11 @@ class StaticActLinear(QuantLinear):
 
     def after_load(self) -> None:
         self.activations_calibrated = True
-        if not self.weight_scale_is_saved:
+        if not self.saves_weight_scale:
             # W8A8S saves no weight_scale: deq_scale / input_scale of shard 0 gives it back.
             deq = int64_bits_as_float(self.deq_scale[: self.out_features])
             self.weight_scale.copy_((deq / self.input_scale[0]).view(-1, 1))
         super().after_load()
-
-    @property
-    def weight_scale_is_saved(self) -> bool:
-        return "weight_scale" not in self._non_persistent_buffers_set
 
     # -- forward ------------------------------------------------------------------------
 

@@ -34,14 +34,7 @@ class WeightOnlyLinear(QuantLinear):
     def from_float(cls, linear: nn.Linear, spec: LinearSpec) -> WeightOnlyLinear:
         qweight = spec.quantize_weight(linear.weight)
         layer = cls(linear.in_features, linear.out_features, spec.quant_type, qweight.groups, linear.bias is not None)
-        layer.to(linear.weight.device)
-        layer.weight.copy_(qweight.q)
-        layer.weight_scale.copy_(qweight.scale)
-        layer.weight_offset.copy_(qweight.offset)
-        if linear.bias is not None:
-            layer.bias.copy_(linear.bias.detach().float())
-        layer.refresh()
-        return layer
+        return layer.fill_from_float(linear, qweight)
 
     @classmethod
     def from_saved(cls, linear: nn.Linear, quant_type: str, tensors: dict[str, torch.Tensor]) -> WeightOnlyLinear:

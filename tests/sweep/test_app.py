@@ -100,6 +100,8 @@ def test_float_baseline_is_cached_across_processes_and_saved_model_is_evaluated(
         tags, metrics = run.data.tags, run.data.metrics
         assert tags["eval_source"] == "saved_directory" and tags["eval_matches_saved"] == "true"
         assert tags["eval_state_sha256"] == tags["eval_saved_tensors_sha256"]
+        assert tags["boolq.lm_eval_version"] and len(tags["boolq.task_config_hash"]) == 64
+        assert tags["boolq.bos_prepended"] == "True"  # the tiny tokenizer adds BOS
         assert metrics["wikitext2_ppl"] > 1 and metrics["float_wikitext2_ppl"] > 1
         assert metrics["wikitext2_n_tokens"] == metrics["float_wikitext2_n_tokens"]
     for name in ("float_boolq_acc", "float_wikitext2_ppl", "boolq_acc", "wikitext2_ppl"):
