@@ -21,7 +21,7 @@ _DIFFERENT_BY_DESIGN = {"save_directory", "anti_params"}
 @pytest.mark.parametrize("experiment", ["llama2_7b_w8a8", "llama_65b_w8a16", "llama31_8b_instruct_w4a8_dynamic"])
 def test_cli_and_hydra_write_identical_bytes(experiment, tmp_path, monkeypatch):
     seed = SEEDS[experiment]
-    data_root = write_data_root(tmp_path / "data")
+    data_root = write_data_root(tmp_path / "data", texts=2)
     monkeypatch.setenv("QUANT_DATA_DIR", str(data_root))  # read by conf/config.yaml's data_root too
     model_dir = save_family_model(tmp_path / "model", model_family(seed.argv))
     cli_out, hydra_out = tmp_path / "cli", tmp_path / "hydra"

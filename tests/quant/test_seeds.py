@@ -45,7 +45,7 @@ def test_table_lists_every_seed_with_an_existing_experiment():
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    return write_data_root(tmp_path_factory.mktemp("data"))
+    return write_data_root(tmp_path_factory.mktemp("data"), texts=2)
 
 
 @pytest.fixture(scope="module")
