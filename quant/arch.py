@@ -74,8 +74,13 @@ def norm_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def linear_names(model: nn.Module) -> list[str]:
     """Names of every quantizable linear, in module (execution) order, ``lm_head`` last."""
+    return linear_names_for_layers(len(decoder_layers(model)))
+
+
+def linear_names_for_layers(num_layers: int) -> list[str]:
+    """The linear names of a LLaMA with ``num_layers`` decoder layers (known from its config alone)."""
     names = []
-    for i in range(len(decoder_layers(model))):
+    for i in range(num_layers):
         names += [f"model.layers.{i}.self_attn.{n}" for n in ATTN_LINEARS]
         names += [f"model.layers.{i}.mlp.{n}" for n in MLP_LINEARS]
     return [*names, LM_HEAD]

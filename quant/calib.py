@@ -5,6 +5,7 @@ anti-outlier data of ``anti_calib_file`` (``.jsonl``: groups of 4 texts without 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +21,36 @@ _ANTI_PARAM = "anti_calib_file"
 _JSON_SHAPE = 'a JSON list of batches, each a list of [text] items, e.g. [[["a"], ["b"]]]'
 
 
+DEFAULT_CALIB_FILE = "msmodelslim_common/teacher_qualification.jsonl"
+
+
+def default_calib_file() -> Path:
+    """The reference's default ``calib_file`` (its ``example/common/teacher_qualification.jsonl``),
+    looked up in the shared data: ``$QUANT_DATA_DIR``, else ``../shared/data`` beside the repository."""
+    data_root = os.environ.get("QUANT_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(data_root) / DEFAULT_CALIB_FILE
+
+
+CALIB_FILE_VALID = f"valid: a readable JSONL file, one JSON object per line with a non-empty '{TEXT_KEY}' text"
+
+
 def read_calib_texts(calib_file: str | Path, param: str = "calib_file") -> list[str]:
-    """Texts of a JSONL file: each line's ``inputs_pretokenized``, or the raw line if the key is missing."""
+    """Texts of a JSONL file: each line's ``inputs_pretokenized`` (a line that is a JSON string is taken as is).
+
+    Blank lines are skipped; a line that is not JSON or holds no text is an error naming the line.
+    """
     path = Path(calib_file)
     if not path.is_file():
-        raise QuantInputError(param, f"{calib_file} is not a readable file")
-    texts: list[str] = []
+        raise QuantInputError(param, f"{calib_file} is not a readable file; {CALIB_FILE_VALID}")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise QuantInputError(param, f"{calib_file} cannot be read as UTF-8 text ({exc.__class__.__name__})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        texts.append(_text_of_line(line, param, calib_file, number))
+        raise QuantInputError(
+            param, f"{calib_file} cannot be read as UTF-8 text ({exc.__class__.__name__}); {CALIB_FILE_VALID}"
+        ) from None
+    texts = [_text_of_line(line, param, calib_file, n) for n, line in enumerate(lines, start=1) if line.strip()]
     if not texts:
-        raise QuantInputError(param, f"{calib_file} holds no calibration text")
+        raise QuantInputError(param, f"{calib_file} holds no calibration text; {CALIB_FILE_VALID}")
     return texts
 
 
@@ -43,25 +58,24 @@ def _text_of_line(line: str, param: str, calib_file: str | Path, number: int) ->
     try:
         record = json.loads(line)
     except json.JSONDecodeError:
-        return line
-    if isinstance(record, dict):
-        text = record.get(TEXT_KEY)
-        if text is None:
-            return line
-        if not isinstance(text, str) or not text.strip():
-            raise QuantInputError(param, f"{calib_file} line {number}: '{TEXT_KEY}' is not a non-empty string")
-        return text
-    if isinstance(record, str):
-        return record
-    return line
+        raise QuantInputError(param, f"{calib_file} line {number} is not JSON; {CALIB_FILE_VALID}") from None
+    text = record.get(TEXT_KEY) if isinstance(record, dict) else record
+    if not isinstance(text, str) or not text.strip():
+        raise QuantInputError(param, f"{calib_file} line {number} holds no '{TEXT_KEY}' text; {CALIB_FILE_VALID}")
+    return text
 
 
 def _model_inputs(encoded: Any, input_ids_name: str, attention_mask_name: str) -> tuple[Any, Any]:
     """The token ids and mask of a tokenizer output, under the configured key names."""
     for name, param in ((input_ids_name, "input_ids_name"), (attention_mask_name, "attention_mask_name")):
         if name not in encoded:
-            raise QuantInputError(param, f"{name!r} is not a key of the tokenizer output: {sorted(encoded)}")
+            raise QuantInputError(param, f"{name!r} is not a key of the tokenizer output; valid: {', '.join(encoded)}")
     return encoded[input_ids_name], encoded[attention_mask_name]
+
+
+def check_input_names(tokenizer: Any, input_ids_name: str, attention_mask_name: str) -> None:
+    """Fail before calibration when the configured key names are not in the tokenizer's output."""
+    _model_inputs(tokenizer("a", return_tensors="pt"), input_ids_name, attention_mask_name)
 
 
 def tokenize_texts(
@@ -93,13 +107,15 @@ def read_anti_calib_file(anti_calib_file: str | Path) -> tuple[list[list[str]], 
         texts = read_calib_texts(path, param=_ANTI_PARAM)
         return [texts[i : i + ANTI_JSONL_GROUP] for i in range(0, len(texts), ANTI_JSONL_GROUP)], False
     if path.suffix != ".json":
-        raise QuantInputError(_ANTI_PARAM, f"{anti_calib_file} must be a .json or .jsonl file")
+        raise QuantInputError(_ANTI_PARAM, f"{anti_calib_file}: valid: a .json or .jsonl file")
     if not path.is_file():
-        raise QuantInputError(_ANTI_PARAM, f"{anti_calib_file} is not a readable file")
+        raise QuantInputError(_ANTI_PARAM, f"{anti_calib_file} is not a readable file; valid: {_JSON_SHAPE}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QuantInputError(_ANTI_PARAM, f"{anti_calib_file} is not valid JSON ({exc.__class__.__name__})") from None
+        raise QuantInputError(
+            _ANTI_PARAM, f"{anti_calib_file} is not valid JSON ({exc.__class__.__name__}); valid: {_JSON_SHAPE}"
+        ) from None
     return [_json_batch(batch, b, anti_calib_file) for b, batch in enumerate(_json_list(data, anti_calib_file))], True
 
 
@@ -117,7 +133,8 @@ def _json_batch(batch: Any, index: int, source: str | Path) -> list[str]:
         text = item[0] if isinstance(item, list) and len(item) == 1 else item
         if not isinstance(text, str) or not text.strip():
             raise QuantInputError(
-                _ANTI_PARAM, f"{source} batch {index}: item {item!r:.60} is not [text] with a non-empty text"
+                _ANTI_PARAM,
+                f"{source} batch {index}: item {item!r:.60} is not [text] with a non-empty text; valid: {_JSON_SHAPE}",
             )
         texts.append(text)
     return texts

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from quant.calib import default_calib_file
 from quant.config import QuantConfig
 from quant.errors import QuantInputError, invalid_value
 
@@ -66,8 +67,10 @@ def convert_value(field: dataclasses.Field, raw: Any) -> Any:
     if raw is None:
         return None
     if name in _LIST_FIELDS:
-        items = [part for text in raw for part in str(text).split(",") if part.strip()]
-        return [item.strip() for item in items]
+        items = [part.strip() for text in raw for part in str(text).split(",") if part.strip()]
+        if not items:
+            raise QuantInputError(name, "no value; valid: one or more non-blank texts (module names for disable_names)")
+        return items
     if isinstance(raw, str) and raw == "":
         raise QuantInputError(name, "empty value; give a value or leave the parameter out")
     if ftype == "bool":
@@ -125,6 +128,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[QuantConfig, dict[str, b
     for name in ("model_path", "save_directory"):
         if not values.get(name):
             raise QuantInputError(name, "is required")
+    if "calib_file" not in values and "calib_texts" not in values:
+        values["calib_file"] = str(default_calib_file())  # the reference's default, recorded in quant_recipe.json
     extensions = {name: parse_bool(name, getattr(args, name)) for name in EXTENSIONS}
     return QuantConfig.from_dict(values), extensions
 
@@ -146,6 +151,17 @@ def check_empty_equals(argv: Sequence[str]) -> None:
             raise QuantInputError(name, f"empty value in {token!r}{hint}; write --{name}=VALUE or --{name} VALUE")
 
 
+def reject_unknown(unknown: Sequence[str]) -> None:
+    """Name the first unknown ``--parameter`` (argparse would print only 'unrecognized arguments')."""
+    if not unknown:
+        return
+    first = unknown[0]
+    name = first[2:].split("=", 1)[0] if first.startswith("--") else first
+    valid = ", ".join(sorted([*(f.name for f in dataclasses.fields(QuantConfig)), *EXTENSIONS]))
+    what = "unknown parameter" if first.startswith("--") else "stray argument (every value follows a --parameter)"
+    raise QuantInputError(name, f"{what}; valid parameters: {valid}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -153,8 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_empty_equals(argv)
     except QuantInputError as exc:
         fail(str(exc))
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
     try:
+        reject_unknown(unknown)
         cfg, extensions = config_from_args(args)
         t0 = time.perf_counter()
         summary = run(cfg, **extensions)

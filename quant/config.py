@@ -22,6 +22,8 @@ TP_SIZES = (1, 2, 4, 8, 16)
 GROUP_SIZES = (32, 64, 128, 256)
 W_BITS = (4, 8, 16)
 A_BITS = (8, 16)
+DEFAULT_INPUT_IDS_NAME = "input_ids"
+DEFAULT_ATTENTION_MASK_NAME = "attention_mask"
 _LEVEL_RE = re.compile(r"^L(\d+)$")
 # Schemes whose row-parallel layers get per-shard activation parameters under tp_size > 1.
 TP_SHARDED_TYPES = ("W8A8", "W8A8S", "W8A8_MIX", "W4A8_DYNAMIC")
@@ -72,8 +74,8 @@ class QuantConfig:
     use_fa_quant: bool = False
     fa_amp: int = 0
     is_dynamic: bool = False
-    input_ids_name: str = "input_ids"
-    attention_mask_name: str = "attention_mask"
+    input_ids_name: str = DEFAULT_INPUT_IDS_NAME
+    attention_mask_name: str = DEFAULT_ATTENTION_MASK_NAME
     tokenizer_args: dict[str, Any] | None = None
     disable_last_linear: bool = True
     model_name: str | None = None

@@ -155,21 +155,36 @@ def write_weights(
     return paths
 
 
+SAVE_DIRECTORY_VALID = "valid: a new or empty directory in a writable location"
+
+
 def check_save_directory(save_directory: str | Path, overwrite: bool = False) -> Path:
     """Fail early (before any work) when ``save_directory`` cannot receive the output."""
     target = Path(save_directory).expanduser()
     if target.exists() and not target.is_dir():
-        raise QuantInputError("save_directory", f"{save_directory} is a file, not a directory")
+        raise QuantInputError("save_directory", f"{save_directory} is a file; {SAVE_DIRECTORY_VALID}")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise QuantInputError(
-            "save_directory", f"{save_directory} is not empty; choose a new directory or allow overwrite"
+            "save_directory", f"{save_directory} is not empty; {SAVE_DIRECTORY_VALID} (or allow overwrite)"
         )
-    parent = target.parent if not target.exists() else target
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise QuantInputError("save_directory", f"{save_directory} is not writable")
+    # The output is written beside the target first (temp dir + rename), so probe the nearest existing ancestor.
+    ancestor = target.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise QuantInputError("save_directory", f"{ancestor} (in {save_directory}) is a file; {SAVE_DIRECTORY_VALID}")
+    probe_writable(ancestor, save_directory)
     return target
+
+
+def probe_writable(directory: Path, save_directory: str | Path) -> None:
+    """Create and remove a temp dir in ``directory``: os.access cannot tell for root or read-only mounts."""
+    try:
+        Path(tempfile.mkdtemp(prefix=".quant-llama-probe-", dir=directory)).rmdir()
+    except OSError as exc:
+        raise QuantInputError(
+            "save_directory", f"{save_directory} is not writable ({exc.strerror}); {SAVE_DIRECTORY_VALID}"
+        ) from None
 
 
 def save_quantized(

@@ -40,7 +40,7 @@ def check_disable_names(names: Sequence[str], all_linears: Sequence[str]) -> Non
         raise QuantInputError(
             "disable_names",
             f"no linear layer named {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
-            f"names look like {example}, {LM_HEAD}",
+            f"valid: the model's linear names, e.g. {example}, ..., {LM_HEAD}",
         )
 
 

@@ -44,6 +44,9 @@ class ModelSource:
         return str(Path(self.location).parent) if self.kind == "gguf" else self.location
 
 
+MODEL_PATH_VALID = "valid: an HF model directory (config.json + safetensors), a .gguf file or a directory with one"
+
+
 def resolve_model_source(model_path: str) -> ModelSource:
     """Decide how to load ``model_path``; a clear error names ``model_path`` when it cannot be."""
     path = Path(model_path).expanduser()
@@ -56,14 +59,16 @@ def resolve_model_source(model_path: str) -> ModelSource:
             return ModelSource("gguf", str(ggufs[0].resolve()), ggufs[0].name)
         if not has_config:
             raise QuantInputError(
-                "model_path", f"{model_path} has no config.json (HF model directory) and no single .gguf file"
+                "model_path", f"{model_path} has no config.json and no single .gguf file; {MODEL_PATH_VALID}"
             )
         return ModelSource("hf_dir", str(path.resolve()))
     if path.exists():
-        raise QuantInputError("model_path", f"{model_path} is neither a model directory nor a .gguf file")
+        raise QuantInputError(
+            "model_path", f"{model_path} is neither a model directory nor a .gguf file; {MODEL_PATH_VALID}"
+        )
     if _HUB_ID_RE.match(model_path) and not model_path.startswith((".", "/")):
         return ModelSource("hub", model_path)
-    raise QuantInputError("model_path", f"{model_path} does not exist (give an HF model directory or a .gguf file)")
+    raise QuantInputError("model_path", f"{model_path} does not exist; {MODEL_PATH_VALID}")
 
 
 def _has_safetensors(directory: Path) -> bool:

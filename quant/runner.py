@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
-from quant.calib import read_anti_calib_file, read_calib_texts
-from quant.config import QuantConfig
+from quant.arch import linear_names_for_layers
+from quant.calib import check_input_names, read_anti_calib_file, read_calib_texts
+from quant.config import DEFAULT_ATTENTION_MASK_NAME, DEFAULT_INPUT_IDS_NAME, QuantConfig
 from quant.device import resolve_device
 from quant.errors import QuantInputError
 from quant.export import LAYER_REPORT_FILE, RECIPE_FILE, SavedOutput, check_save_directory, save_quantized
-from quant.model_io import LoadedModel, load_model, resolve_model_source
+from quant.fallback import check_disable_names
+from quant.model_io import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_model_source
 from quant.pipeline import QuantResult, quantize
 
 
 def check_inputs(cfg: QuantConfig, overwrite: bool = False) -> None:
-    """Everything that can be checked without loading the model: paths, files, settings, device."""
+    """Everything that can be checked without loading the model: paths, files, settings, device.
+
+    disable_names are checked here when the model has a config.json (else right after loading,
+    before anything is written); non-default tokenizer key names load the tokenizer alone.
+    """
     cfg.check_supported()
-    resolve_model_source(cfg.model_path)
+    source = resolve_model_source(cfg.model_path)
     if cfg.save_directory:
         check_save_directory(cfg.save_directory, overwrite)
     if cfg.calib_file:
@@ -27,6 +35,16 @@ def check_inputs(cfg: QuantConfig, overwrite: bool = False) -> None:
     if cfg.anti_calib_file:
         read_anti_calib_file(cfg.anti_calib_file)
     resolve_device(cfg.device_type)
+    if cfg.disable_names and source.kind == "hf_dir":
+        check_disable_names(cfg.disable_names, linear_names_for_layers(_config_layer_count(source)))
+    if (cfg.input_ids_name, cfg.attention_mask_name) != (DEFAULT_INPUT_IDS_NAME, DEFAULT_ATTENTION_MASK_NAME):
+        tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code, tokenizer_args=cfg.tokenizer_args)
+        check_input_names(tokenizer, cfg.input_ids_name, cfg.attention_mask_name)
+
+
+def _config_layer_count(source: ModelSource) -> int:
+    config = json.loads((Path(source.location) / "config.json").read_text(encoding="utf-8"))
+    return int(config["num_hidden_layers"])
 
 
 def save_result(result: QuantResult, loaded: LoadedModel, save_directory: str, overwrite: bool = False) -> SavedOutput:

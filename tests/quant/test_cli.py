@@ -80,3 +80,68 @@ def test_console_script_entry_point(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("quant-llama: error: model_path:")
+
+
+# SPEC §2, the reference's parameter table, written out here independently of QuantConfig.
+REFERENCE_PARAMETERS = [
+    "model_path",
+    "save_directory",
+    "part_file_size",
+    "calib_texts",
+    "calib_file",
+    "w_bit",
+    "a_bit",
+    "disable_names",
+    "device_type",
+    "fraction",
+    "act_method",
+    "co_sparse",
+    "anti_method",
+    "disable_level",
+    "do_smooth",
+    "use_sigma",
+    "use_reduce_quant",
+    "tp_size",
+    "sigma_factor",
+    "is_lowbit",
+    "mm_tensor",
+    "w_sym",
+    "use_kvcache_quant",
+    "use_fa_quant",
+    "fa_amp",
+    "is_dynamic",
+    "input_ids_name",
+    "attention_mask_name",
+    "tokenizer_args",
+    "disable_last_linear",
+    "model_name",
+    "model_type",
+    "anti_calib_file",
+    "trust_remote_code",
+    "open_outlier",
+    "group_size",
+    "pdmix",
+    "disable_threshold",
+    "mindie_format",
+]
+
+
+def test_parser_takes_every_reference_parameter():
+    from quant.cli import build_parser
+
+    options = {opt for action in build_parser()._actions for opt in action.option_strings}
+    assert {f"--{name}" for name in REFERENCE_PARAMETERS} <= options
+
+
+def test_runtime_only_and_spelled_values_are_recorded(tiny_model_dir, calib_file, tmp_path):
+    out = tmp_path / "out"
+    argv = [*_base(tiny_model_dir, calib_file, out),
+        "--use_reduce_quant", "True", "--tokenizer_args", "{'padding_side': 'left'}", "--mindie_format",
+        "--disable_names", "model.layers.0.mlp.down_proj,model.layers.1.mlp.down_proj", "--model_name", "tiny",
+    ]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    recipe = json.loads((out / "quant_recipe.json").read_text())
+    assert recipe["use_reduce_quant"] is True and recipe["mindie_format"] is True
+    assert recipe["tokenizer_args"] == {"padding_side": "left"} and recipe["model_name"] == "tiny"
+    assert recipe["disable_names"] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    assert (out / "quant_model_description_w8a8.json").is_file()
