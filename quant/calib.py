@@ -35,9 +35,11 @@ CALIB_FILE_VALID = f"valid: a readable JSONL file, one JSON object per line with
 
 
 def read_calib_texts(calib_file: str | Path, param: str = "calib_file") -> list[str]:
-    """Texts of a JSONL file: each line's ``inputs_pretokenized`` (a line that is a JSON string is taken as is).
+    """Texts of a JSONL file: each line's ``inputs_pretokenized``, or the raw line when a JSON object
+    lacks that key (SPEC §1); a line that is a JSON string is taken as is.
 
-    Blank lines are skipped; a line that is not JSON or holds no text is an error naming the line.
+    Blank lines are skipped; a line that is not JSON, or whose ``inputs_pretokenized`` is empty or not
+    a string, is an error naming the line.
     """
     path = Path(calib_file)
     if not path.is_file():
@@ -59,6 +61,8 @@ def _text_of_line(line: str, param: str, calib_file: str | Path, number: int) ->
         record = json.loads(line)
     except json.JSONDecodeError:
         raise QuantInputError(param, f"{calib_file} line {number} is not JSON; {CALIB_FILE_VALID}") from None
+    if isinstance(record, dict) and TEXT_KEY not in record:
+        return line  # the reference uses the raw line when the key is missing
     text = record.get(TEXT_KEY) if isinstance(record, dict) else record
     if not isinstance(text, str) or not text.strip():
         raise QuantInputError(param, f"{calib_file} line {number} holds no '{TEXT_KEY}' text; {CALIB_FILE_VALID}")

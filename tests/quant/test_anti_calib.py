@@ -91,3 +91,13 @@ def test_anti_outlier_statistics_come_from_the_anti_calib_file(tmp_path, tiny_to
     result = quantize(model, tiny_tokenizer, cfg)
     for name, scales in expected.scales.items():
         assert torch.equal(result.anti_outlier.scales[name], scales), name
+
+
+def test_calib_line_without_the_text_key_is_used_raw(tmp_path):
+    """SPEC §1: each line's inputs_pretokenized, or the raw line when the key is missing."""
+    from quant.calib import read_calib_texts
+
+    path = tmp_path / "calib.jsonl"
+    raw = json.dumps({"id": 0, "question": "q?"})
+    path.write_text(json.dumps({"inputs_pretokenized": "hello"}) + "\n" + raw + "\n")
+    assert read_calib_texts(path) == ["hello", raw]

@@ -26,7 +26,6 @@ def files(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
         "blank": root / "blank.jsonl",
         "notjsonl": root / "notjsonl.jsonl",
         "binary": root / "binary.jsonl",
-        "notext": root / "notext.jsonl",
         "emptytext": root / "emptytext.jsonl",
         "anti_dict": root / "anti_dict.json",
         "anti_flat": root / "anti_flat.json",
@@ -41,7 +40,6 @@ def files(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
     paths["blank"].write_text("\n  \n\n")
     paths["notjsonl"].write_text("this is plain text\nnot json lines\n")
     paths["binary"].write_bytes(b"\xff\xfe\x00\x81binary")
-    paths["notext"].write_text(json.dumps({"id": 0, "question": "q?"}) + "\n")
     paths["emptytext"].write_text(json.dumps({"id": 0, "inputs_pretokenized": "  "}) + "\n")
     paths["anti_dict"].write_text(json.dumps({"inputs_pretokenized": "a"}))
     paths["anti_flat"].write_text(json.dumps([[]]))
@@ -71,7 +69,6 @@ CORPUS = [
     ("calib_file-blank-lines", ["--calib_file", "{blank}"], "calib_file", "inputs_pretokenized"),
     ("calib_file-not-jsonl", ["--calib_file", "{notjsonl}"], "calib_file", "one JSON object per line"),
     ("calib_file-binary", ["--calib_file", "{binary}"], "calib_file", "UTF-8"),
-    ("calib_file-line-without-text", ["--calib_file", "{notext}"], "calib_file", "inputs_pretokenized"),
     ("calib_file-empty-text", ["--calib_file", "{emptytext}"], "calib_file", "inputs_pretokenized"),
     ("w_bit", ["--w_bit", "5"], "w_bit", "4, 8, 16"),
     ("w_bit-text", ["--w_bit", "eight"], "w_bit", "an integer"),
