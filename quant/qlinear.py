@@ -9,6 +9,8 @@ buffers by :meth:`QuantLinear.refresh`) is non-persistent.
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,7 +24,7 @@ DYNAMIC_TYPES = ("W8A8_DYNAMIC", "W4A8_DYNAMIC")
 SUPPORTED_TYPES = WEIGHT_ONLY_TYPES + STATIC_ACT_TYPES + DYNAMIC_TYPES
 
 
-class QuantLinear(nn.Module):
+class QuantLinear(nn.Module, abc.ABC):
     """A linear layer in one of the reference's quantized formats (see ``quant.schemes``).
 
     Subclasses implement :meth:`dequantized_weight` and ``forward``; ``weight_scale`` is
@@ -42,9 +44,9 @@ class QuantLinear(nn.Module):
         self.register_buffer("_matmul_weight", torch.empty(0), persistent=False)
         self.register_load_state_dict_post_hook(_after_load)
 
+    @abc.abstractmethod
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight this layer multiplies by, float32 (out, in)."""
-        raise NotImplementedError
 
     def fill_from_float(self, linear: nn.Linear, qweight: QuantizedWeight) -> QuantLinear:
         """Copy a quantized weight (and the float layer's bias) into this freshly built module."""
