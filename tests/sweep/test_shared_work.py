@@ -18,6 +18,7 @@ from sweep import shared_work
 from sweep.disk_cache import DiskCache, content_key
 from sweep.float_model_cache import read_float_model, write_float_model
 from sweep.observation_cache import read_stats, write_stats
+from tiny_data import write_calib_file
 from tiny_models import build_tiny_llama
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Question: is the sky blue? Answer: yes", "Grove workers."]
@@ -226,3 +227,22 @@ def test_smoothed_model_is_shared_by_levels_and_reproduces_the_recipe(tiny_token
     # The float model itself was never transformed.
     pristine = build_tiny_llama("llama2").state_dict()
     assert all(torch.equal(t, pristine[k]) for k, t in model.state_dict().items())
+
+
+def test_smoothing_on_separate_anti_outlier_data_reproduces_the_recipe(tmp_path, tiny_tokenizer):
+    anti_file = write_calib_file(tmp_path / "anti.jsonl")  # .jsonl: groups of 4 texts, no special tokens
+    model = build_tiny_llama("llama2")
+    loaded = LoadedModel(model, tiny_tokenizer, "tiny", torch.float32, "fp-tiny")
+    batches = _batches(tiny_tokenizer)
+    for level in ("L0", "L1"):
+        cfg = QuantConfig(calib_texts=TEXTS, anti_method="m1", anti_calib_file=str(anti_file), disable_level=level)
+        smoothed, smoothing = shared_work.smoothed_model(loaded, batches, cfg)
+        job_model = shared_work.private_copy(smoothed).model
+        reused = quantize(job_model, tiny_tokenizer, cfg, calib_batches=batches, smoothing=smoothing)
+        fresh = quantize(copy.deepcopy(model), tiny_tokenizer, cfg)
+        ref, got = fresh.model.state_dict(), reused.model.state_dict()
+        assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), level
+    # The observation was made on the anti-outlier data, not on the calibration batches.
+    plain = shared_work.float_observation(loaded, batches, QuantConfig(calib_texts=TEXTS, anti_method="m1"))
+    first = next(e for e in shared_work.events() if e.kind == "observation")
+    assert shared_work.events()[-1].key != first.key and plain
