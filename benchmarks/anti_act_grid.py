@@ -2,9 +2,10 @@
 
 For each recipe: WikiText-2 perplexity over a fixed token budget, BoolQ accuracy on a fixed
 subset (the first N validation examples, through lm-eval), quantize time, how many linears
-stayed float and the mean per-layer SQNR. The float model is evaluated once. The model is
-loaded once and deep-copied for every recipe. Results are written after every recipe (JSON +
-markdown) so an interrupted run keeps what it measured.
+stayed float and the mean per-layer SQNR. The float model is loaded and evaluated once; each
+anti_method smooths a copy of it once, and its act_method variants quantize copies of that
+(smoothing does not depend on act_method; the sweep shares it the same way). Results are
+written after every recipe (JSON + markdown) so an interrupted run keeps what it measured.
 
     PYTHONPATH=$PWD QUANT_DATA_DIR=/work/shared/data python benchmarks/anti_act_grid.py
 """
@@ -20,6 +21,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from eval.boolq import evaluate_boolq
 from eval.perplexity import wikitext_perplexity
 from quant.config import QuantConfig
 from quant.model_io import load_model
-from quant.pipeline import quantize
+from quant.pipeline import Smoothing, calibration_batches, quantize, smooth
 
 DATA = Path(os.environ.get("QUANT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MODEL = DATA / "models" / "smollm2-135m-instruct-gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -68,28 +70,54 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, args: argparse.Namespace) -
     return row
 
 
-def run_recipe(loaded: Any, anti: str, act: int, args: argparse.Namespace, baseline: dict[str, Any]) -> dict[str, Any]:
-    cfg = QuantConfig(calib_file=args.calib_file, anti_method=anti, act_method=act, model_type=args.model_type)
-    model = copy.deepcopy(loaded.model)
+def run_recipe(
+    smoothed: torch.nn.Module,
+    tokenizer: Any,
+    cfg: QuantConfig,
+    shared: SharedSmoothing,
+    args: argparse.Namespace,
+    baseline: dict[str, Any],
+) -> dict[str, Any]:
+    """Quantize a copy of the smoothed model with ``cfg`` and evaluate it. ``quantize_s`` counts the
+    shared smoothing once per recipe, as if the recipe had been run alone."""
+    model = copy.deepcopy(smoothed)
     t = time.perf_counter()
-    result = quantize(model, loaded.tokenizer, cfg)
-    quantize_s = time.perf_counter() - t
+    result = quantize(model, tokenizer, cfg, calib_batches=shared.batches, smoothing=shared.smoothing)
+    quantize_s = time.perf_counter() - t + shared.seconds
     sqnr = [r.sqnr_db for r in result.layers if r.sqnr_db is not None and math.isfinite(r.sqnr_db)]
     row: dict[str, Any] = {
-        "anti_method": anti,
-        "act_method": act,
+        "anti_method": cfg.anti_method,
+        "act_method": cfg.act_method,
         "quantize_s": quantize_s,
-        "timings": result.timings,
+        "timings": {**shared.smoothing.timings, **result.timings},
         "float_layers": len(result.float_layers),
         "sqnr_mean_db": statistics.fmean(sqnr),
         "sqnr_min_db": min(sqnr),
         "observers": sorted({r.observer for r in result.layers if r.observer}),
         "anti_details": _summarise_details(result.anti_outlier.details),
     }
-    row.update(evaluate(model, loaded.tokenizer, args))
+    row.update(evaluate(model, tokenizer, args))
     if "boolq_preds" in row and "boolq_preds" in baseline:
         row["boolq_agree"] = statistics.fmean(a == b for a, b in zip(row["boolq_preds"], baseline["boolq_preds"]))
     return row
+
+
+@dataclass
+class SharedSmoothing:
+    """One anti-outlier method's smoothing, shared by its act_method variants (it does not depend on them)."""
+
+    batches: list
+    smoothing: Smoothing
+    seconds: float
+
+
+def smooth_once(loaded: Any, cfg: QuantConfig) -> tuple[torch.nn.Module, SharedSmoothing]:
+    """A smoothed copy of the float model and what ``quantize(..., smoothing=...)`` needs to reuse it."""
+    model = copy.deepcopy(loaded.model)
+    t = time.perf_counter()
+    batches = calibration_batches(loaded.tokenizer, cfg, "cpu")
+    smoothing = smooth(model, batches, cfg)
+    return model, SharedSmoothing(batches, smoothing, time.perf_counter() - t)
 
 
 def _summarise_details(details: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -161,8 +189,14 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     write_results(out, meta, baseline, rows)
     for anti in args.anti_methods:
-        for act in args.act_methods:
-            row = run_recipe(loaded, anti, act, args, baseline)
+        recipes = [
+            QuantConfig(calib_file=args.calib_file, anti_method=anti, act_method=act, model_type=args.model_type)
+            for act in args.act_methods
+        ]
+        smoothed, shared = smooth_once(loaded, recipes[0])
+        for cfg in recipes:
+            act = cfg.act_method
+            row = run_recipe(smoothed, loaded.tokenizer, cfg, shared, args, baseline)
             rows.append(row)
             write_results(out, meta, baseline, rows)
             print(
