@@ -53,6 +53,9 @@ def test_sweep_key_is_order_free_and_follows_the_axes():
     assert sweep_key("config", ["b=x", "a=1,2"], {"c": "1,2"}) == key
     assert sweep_key("config", ["a=1,2", "b=y"], {"c": "1,2"}) != key
     assert sweep_key("config", ["a=1,2", "b=x"], {"c": "1,2,3"}) != key
+    # Where the jobs run is not what they compute: a sweep resumed on another launcher is the same sweep.
+    assert sweep_key("config", ["a=1,2", "launcher=joblib", "b=x"], {"c": "1,2"}) == key
+    assert sweep_key("config", ["+launcher=ray", "a=1,2", "b=x"], {"c": "1,2"}) == key
 
 
 @pytest.mark.parametrize(
