@@ -1,6 +1,6 @@
 """What a sweep saves: the same 12-config grid on SmolLM2 as one sweep vs as 12 separate processes.
 
-    python benchmarks/sweep_economy.py --out /tmp/bench [--boolq-limit 20] [--calib-texts 16]
+    python -m benchmarks.sweep_economy [--out DIR] [--boolq-limit 20] [--calib-texts 16]
 
 Arms (each with its own MLflow store under --out, weights not logged to MLflow in either):
 
@@ -11,8 +11,10 @@ Arms (each with its own MLflow store under --out, weights not logged to MLflow i
 - ``separate_warm`` (``--warm``): the 12 single runs again, disk cache on and already filled by the
   sweep arm: what parallel workers or later processes get from the disk cache.
 
-Prints and writes (``economy.json``, ``economy.md``) the wall times, the ratio sweep / separate, and
-where the sweep's time goes (from the runs' logged timings).
+Prints and writes (``economy.json``, ``economy.md`` under ``--out``, and
+``benchmarks/results/sweep_economy.*``) the wall times, the ratio sweep / separate (goal ≤ 0.35),
+and where the sweep's time goes (from the runs' logged timings). One repetition: the two arms
+take about half an hour together on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("QUANT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+from benchmarks.common import BOOLQ_CALIB, REPO_ROOT, Figure, write_result
+
 GRID = [(anti, f"L{n}") for anti in ("none", "m1") for n in range(6)]  # = conf/grid/economy12.yaml
 STAGES = (  # logged per job: where a job's time goes
     ("float model (load or cache)", "cache_float_model_s"),
@@ -95,15 +98,17 @@ def breakdown(jobs: list[dict[str, float]]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="a new directory for the arms' stores (default: a temp dir)"
+    )
     parser.add_argument("--boolq-limit", type=int, default=20)
     parser.add_argument("--calib-texts", type=int, default=16)
     parser.add_argument("--warm", action="store_true", help="also run the separate processes with a warm disk cache")
     args = parser.parse_args()
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=False)
+    out = (args.out or Path(tempfile.mkdtemp(prefix="sweep_economy-"))).resolve()
+    out.mkdir(parents=True, exist_ok=args.out is None)
     calib = out / "calib.jsonl"
-    lines = (DATA / "msmodelslim_common" / "boolq.jsonl").read_text().splitlines(keepends=True)
+    lines = BOOLQ_CALIB.read_text().splitlines(keepends=True)
     calib.write_text("".join(lines[: args.calib_texts]))
     result: dict = {"boolq_limit": args.boolq_limit, "calib_texts": args.calib_texts, "configs": len(GRID)}
 
@@ -138,6 +143,30 @@ def main() -> None:
     report = render(result)
     (out / "economy.md").write_text(report)
     print(report)
+    write_common_result(result, report)
+
+
+def write_common_result(r: dict, report: str) -> None:
+    """The figures in the shared result format (``benchmarks/results/sweep_economy.*``)."""
+    figures = [
+        Figure("one sweep / 12 separate processes (wall time)", [r["ratio"]], goal=0.35),
+        Figure("one sweep (cold disk cache)", [r["sweep_s"]], unit="s"),
+        Figure("12 separate processes, no disk cache", [r["separate_s"]], unit="s"),
+    ]
+    if "separate_warm_s" in r:
+        figures.append(Figure("12 separate processes, warm disk cache", [r["separate_warm_s"]], unit="s"))
+    settings = {"configs": r["configs"], "calib_texts": r["calib_texts"], "boolq_limit": r["boolq_limit"]}
+    notes = ["One repetition (the two arms take about half an hour together); min = max."]
+    table = report.split("\n\n", 1)[1]  # the tables, without the settings line
+    write_result(
+        "sweep_economy",
+        "Sweep economy: a 12-config grid as one sweep vs 12 processes",
+        settings,
+        figures,
+        notes,
+        table,
+        r,
+    )
 
 
 def render(r: dict) -> str:

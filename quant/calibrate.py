@@ -170,14 +170,16 @@ def calibrate_activations(
     model: nn.Module,
     batches: Sequence[Batch],
     make_observer: ObserverFactory,
-    float_linears: Mapping[str, nn.Module] | None = None,
+    float_linears: dict[str, nn.Module] | None = None,
     watchers: Sequence[LayerWatcher] = (),
 ) -> CalibrationOutcome:
     """Set the static input scale/offset of every static-activation ``QuantLinear`` in ``model``.
 
     ``make_observer(name)`` gives the observer for the linear called ``name`` (act_method).
     With ``float_linears`` (name -> the float linear a QuantLinear replaced), every quantized
-    linear's output SQNR on the calibration data is measured too (W8A16 layers included).
+    linear's output SQNR on the calibration data is measured too (W8A16 layers included); each
+    entry is removed from ``float_linears`` once its decoder layer is measured, which frees the
+    float copy before the next layer's quantized caches are built.
     ``watchers`` see each decoder layer's fully quantized run (see ``LayerWatcher``).
     W8A8_MIX layers run their static (decode) path meanwhile, as the reference calibrates
     them like W8A8.
@@ -201,6 +203,8 @@ def calibrate_activations(
             in_layer = {n: m for n, m in quantized.items() if n.startswith(prefix)}
             with _watching(watchers, i, layer):
                 calls = _advance_measuring(layer, calls, in_layer, float_linears, sqnr)
+            for name in in_layer:  # measured: free the float copy as calibration moves on
+                float_linears.pop(name, None)
         if LM_HEAD in quantized:
             head = quantized[LM_HEAD]
             head_inputs = [final_norm(model)(call.hidden) for call in calls]

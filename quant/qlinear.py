@@ -3,8 +3,9 @@
 A subclass per scheme family (``quant/schemes/``) registers the reference's per-linear
 tensors (SPEC §7) as persistent buffers, so ``state_dict()`` of a quantized model is what
 gets written, and loading a saved file into freshly built modules reproduces the evaluated
-model. Everything else a module needs (the float matmul operand, cached from the integer
-buffers by :meth:`QuantLinear.refresh`) is non-persistent.
+model. Everything else a module needs (the float matmul operand, derived from the integer
+buffers) is a non-persistent cache, built on first use and dropped by :meth:`QuantLinear.refresh`,
+so that quantizing a model layer by layer never holds every layer's float copy at once.
 """
 
 from __future__ import annotations
@@ -60,8 +61,15 @@ class QuantLinear(nn.Module, abc.ABC):
         return self
 
     def refresh(self) -> None:
-        """Rebuild the cached float matmul operand from the integer buffers (after any change)."""
-        self._matmul_weight = self.dequantized_weight()
+        """Drop the caches derived from the integer buffers (after any change to them); the next
+        forward rebuilds what it needs."""
+        self._matmul_weight = torch.empty(0)
+
+    def matmul_weight(self) -> torch.Tensor:
+        """The cached float32 dequantized weight (out, in), built on first use."""
+        if not self._matmul_weight.numel():
+            self._matmul_weight = self.dequantized_weight()
+        return self._matmul_weight
 
     def after_load(self) -> None:
         """Derive non-saved state from the loaded buffers; subclasses extend."""
@@ -69,7 +77,7 @@ class QuantLinear(nn.Module, abc.ABC):
 
     def float_linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x · Wᵀ (+ bias)`` with the cached float weight, computed in float32."""
-        y = F.linear(x.float(), self._matmul_weight, None if bias is None else bias.float())
+        y = F.linear(x.float(), self.matmul_weight(), None if bias is None else bias.float())
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

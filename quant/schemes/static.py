@@ -121,14 +121,20 @@ class StaticActLinear(QuantLinear):
         return dequantize_grouped(self.weight, self.weight_scale, self.weight_offset)
 
     def refresh(self) -> None:
-        # The float weight serves the uncalibrated and the PDMix prefill paths only.
-        needs_float = not self.activations_calibrated or self.pdmix
-        self._matmul_weight = self.dequantized_weight() if needs_float else torch.empty(0)
-        # Integer weight columns per shard, for the static path: (n, k) -> (S, n, k/S).
-        self._shard_weights = self.weight.float().view(self.out_features, self.shards, -1).transpose(0, 1).contiguous()
+        super().refresh()
+        self._shard_weights = torch.empty(0)
         # quant_bias and deq_scale as float32 (S, n), so the forward fuses the bias into the matmul.
         self._acc_bias = self.quant_bias.float().view(self.shards, self.out_features)
         self._out_scale = int64_bits_as_float(self.deq_scale).view(self.shards, self.out_features)
+
+    def shard_weights(self) -> torch.Tensor:
+        """The integer weight as float32 columns per shard, for the static path, built on first use."""
+        if not self._shard_weights.numel():
+            n, s = self.out_features, self.shards
+            self._shard_weights = (
+                self.weight.float().view(n, s, -1).transpose(0, 1).contiguous()
+            )  # (n, k) -> (S, n, k/S)
+        return self._shard_weights
 
     def after_load(self) -> None:
         self.activations_calibrated = True
@@ -153,11 +159,12 @@ class StaticActLinear(QuantLinear):
         if s == 1:  # the common case: one fused matmul + bias, then the output scale, in place
             x_int = quantize_activation(x.float(), self.input_scale, self.input_offset)
             # float32 accumulation keeps fp16 models from overflowing.
-            acc = F.linear(x_int, self._shard_weights[0], self._acc_bias[0])  # x_int·W_intᵀ + quant_bias
+            acc = F.linear(x_int, self.shard_weights()[0], self._acc_bias[0])  # x_int·W_intᵀ + quant_bias
             return acc.mul_(self._out_scale[0]).to(x.dtype)
         xs = x.float().unflatten(-1, (s, -1))  # (..., S, k/S)
         x_int = quantize_activation(xs, self.input_scale.view(s, 1), self.input_offset.view(s, 1))
-        acc = torch.stack([F.linear(x_int[..., i, :], self._shard_weights[i]) for i in range(s)], dim=-2)  # (..., S, n)
+        weights = self.shard_weights()
+        acc = torch.stack([F.linear(x_int[..., i, :], weights[i]) for i in range(s)], dim=-2)  # (..., S, n)
         y = ((acc + self._acc_bias) * self._out_scale).sum(dim=-2)
         return y.to(x.dtype)
 

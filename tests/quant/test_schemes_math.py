@@ -4,11 +4,12 @@ shards), W8A8_DYNAMIC, W4A8_DYNAMIC, and the two paths of PDMix."""
 import pytest
 import torch
 
-from quant.calibrate import MinMaxObserver, ShardedObserver
+from quant.calibrate import MinMaxObserver, ShardedObserver, calibrate_activations
 from quant.config import QuantConfig
+from quant.observers import observer_factory
 from quant.pipeline import quantize
 from quant.quantizers import int64_bits_as_float
-from quant.schemes import StaticActLinear, pdmix_phase
+from quant.schemes import StaticActLinear, pdmix_phase, quantize_linears
 from quant.schemes.spec import LinearSpec
 from tiny_models import build_tiny_llama, build_tiny_tokenizer
 
@@ -151,3 +152,29 @@ def test_pdmix_saves_w8a8_tensors_and_runs_dynamic_prefill_static_decode():
     assert layer.phase == "auto"
     with pytest.raises(ValueError, match="phase must be one of"), pdmix_phase(mix, "train"):
         pass
+
+
+def test_float_operands_are_built_on_first_use_and_dropped_by_refresh():
+    """Quantizing must not hold every layer's float copy at once: the caches are lazy."""
+    linear = torch.nn.Linear(16, 8)
+    layer = StaticActLinear.from_float(linear, LinearSpec(quant_type="W8A8"))
+    assert layer._matmul_weight.numel() == 0 and layer._shard_weights.numel() == 0
+    x = _inputs(16)
+    uncalibrated = layer(x)  # the float path builds the dequantized weight
+    assert torch.equal(layer._matmul_weight, layer.dequantized_weight())
+    assert torch.allclose(uncalibrated, torch.nn.functional.linear(x, layer.dequantized_weight(), linear.bias.detach()))
+    layer.set_activation_params(torch.tensor([0.05]), torch.tensor([0.0]))  # refresh: caches dropped
+    assert layer._matmul_weight.numel() == 0
+    assert torch.allclose(layer(x).double(), _static_integer_forward(layer, x), rtol=1e-5, atol=1e-5)
+    assert layer._shard_weights.numel() > 0 and layer._matmul_weight.numel() == 0
+
+
+def test_calibration_frees_each_float_copy_once_its_layer_is_measured():
+    model = build_tiny_llama("llama2")
+    batches = [build_tiny_tokenizer()(t, return_tensors="pt") for t in TEXTS]
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "layers." in n]
+    float_linears = {n: model.get_submodule(n) for n in names}
+    quantize_linears(model, names, QuantConfig(calib_texts=TEXTS))
+    outcome = calibrate_activations(model, batches, observer_factory(1), float_linears)
+    assert float_linears == {}  # every decoder-layer float copy was released
+    assert set(outcome.sqnr_db) == set(names)  # after being measured
