@@ -4,7 +4,8 @@ Single run: bad input ends with one line and exit 2, a failed job with one line 
 Multirun: every job is a child of the sweep's parent MLflow run (see :mod:`sweep.callbacks`); a
 job whose config already FINISHED in the experiment is skipped (resume); a failed job is recorded
 as FAILED with its error and the sweep goes on. Each job prints one progress line; the app returns
-the job's BoolQ accuracy so any Hydra sweeper can drive it.
+the selection objective (:func:`sweep.select.search_objective`: the metric ``sweep.select`` ranks
+by, lowered when its rule would not ship the run) so any Hydra sweeper, Optuna's included, can drive it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from quant.errors import QuantInputError
 from sweep.hydra_config import quant_config_from_hydra
 from sweep.job import JobOutcome, run_job
 from sweep.provenance import config_hash, git_state, package_versions
+from sweep.select import configured_rule, search_objective
 from sweep.summary import progress_line
 from sweep.sweep_run import (
     KEY_TAG,
@@ -146,7 +148,7 @@ def print_results(outcome: JobOutcome, cfg: DictConfig) -> None:
 
 @hydra.main(config_path=str(REPO_ROOT / "conf"), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    """One job of the sweep; returns BoolQ accuracy (NaN for a failed job in a multirun)."""
+    """One job of the sweep; returns its selection objective (NaN for a failed job in a multirun)."""
     started = time.perf_counter()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -167,7 +169,7 @@ def main(cfg: DictConfig) -> float:
         done = _skip_if_finished(cfg, tags, parent)
         if done is not None:
             report("SKIPPED (finished before)", done[0], done[1])
-            return float(done[1].get("boolq_acc", math.nan))
+            return search_objective(done[1], configured_rule())
     try:
         qcfg = quant_config_from_hydra(cfg)
         log_weights = log_weights_policy(cfg, multirun)
@@ -197,4 +199,4 @@ def main(cfg: DictConfig) -> float:
         report("FINISHED", outcome.run_id, outcome.metrics)
     else:
         print_results(outcome, cfg)
-    return float(outcome.metrics.get("boolq_acc", math.nan))
+    return search_objective(outcome.metrics, configured_rule())

@@ -65,7 +65,8 @@ class SweepParentRun(Callback):
         sweeper_params = OmegaConf.to_container(params, resolve=False) if params else {}
         key = sweep_key(kwargs.get("config_name"), task_overrides, sweeper_params)
         reap_dead_runs(client, experiment_id, key)
-        grid = str(config.hydra.runtime.choices.get("grid") or "cli")
+        choices = config.hydra.runtime.choices
+        grid = str(choices.get("grid") or (f"search-{choices.search}" if choices.get("search") else "cli"))
         n_jobs = count_jobs(config)
         tags = {
             **git_state(),

@@ -87,5 +87,9 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def sweep_key(config_name: str | None, task_overrides: Iterable[str], sweeper_params: Mapping[str, Any] | None) -> str:
-    """Identity of a sweep: its config, command-line overrides (order-free) and declared axes."""
-    return content_key("sweep", config_name, sorted(task_overrides), dict(sweeper_params or {}))[:16]
+    """Identity of a sweep: its config, command-line overrides (order-free) and declared axes.
+
+    The ``launcher`` choice is left out: it says where the jobs run, not what they compute, so a
+    sweep resumed on another launcher is the same sweep."""
+    overrides = sorted(o for o in task_overrides if o.lstrip("+~").split("=")[0] != "launcher")
+    return content_key("sweep", config_name, overrides, dict(sweeper_params or {}))[:16]

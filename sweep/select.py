@@ -14,16 +14,17 @@ Exit codes: 0 a champion was chosen (and promoted unless --dry-run), 1 no run sa
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from quant.errors import QuantInputError, invalid_value
-from sweep.compose import compose_tool_config
+from sweep.compose import CONF_DIR, compose_tool_config
 from sweep.registry import promote
 from sweep.runs import RunRecord, job_runs, latest_per_config, sweep_runs
 from sweep.summary import fmt, fmt_mb, fmt_signed, format_table
@@ -113,6 +114,23 @@ def rank(records: Sequence[RunRecord], rule: SelectionRule) -> list[Verdict]:
     tied = [v for v in eligible if score(v) >= best - rule.tie_tolerance - 1e-12]
     champion = min(tied, key=lambda v: (tie_value(v), -score(v), v.record.start_time))
     return [champion, *(v for v in eligible if v is not champion), *others]
+
+
+def configured_rule() -> SelectionRule:
+    """The rule as ``conf/select.yaml`` states it (without command-line overrides)."""
+    return SelectionRule.from_mapping(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "select.yaml").rule))
+
+
+def search_objective(metrics: Mapping[str, float], rule: SelectionRule) -> float:
+    """What a search over recipes maximizes: the rule's metric when :func:`judge` would let the run
+    ship, and the metric minus 1 when it would not. For an accuracy (in [0, 1]) every eligible run
+    then scores above every ineligible one, and the ineligible ones still rank by the metric. NaN
+    when the run has no value of the metric (a failed job)."""
+    record = RunRecord("", "", "FINISHED", "", 0, None, metrics=dict(metrics))
+    value = record.metric(rule.metric)
+    if value is None:
+        return math.nan
+    return value if judge(record, rule).eligible else value - 1.0
 
 
 def check_comparable(records: Sequence[RunRecord]) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from tiny_data import save_tiny_model_dir, write_calib_file, write_tiny_boolq
@@ -35,19 +37,25 @@ class TinyInputs:
     def uri(self) -> str:
         return f"sqlite:///{self.db}"
 
-    def sweep_args(self) -> list[str]:
-        """Overrides that point the app at the tiny inputs and keep every output under ``root``."""
+    def sweep_args(self, local_store: bool = True) -> list[str]:
+        """Overrides that point the app at the tiny inputs and keep every output under ``root``
+        (the MLflow store too, unless ``local_store`` is false: then the caller chooses it)."""
+        store = [f"tracking.tracking_uri={self.uri}", f"tracking.artifact_root={self.root}/artifacts"]
         return [
             f"model.path={self.model_dir}",
             f"calib.calib_file={self.calib}",
             f"eval.boolq.data_path={self.boolq}",
             "eval.boolq.limit=8",
-            f"tracking.tracking_uri={self.uri}",
-            f"tracking.artifact_root={self.root}/artifacts",
+            *(store if local_store else []),
             f"cache.dir={self.root}/cache",
             f"hydra.run.dir={self.root}/run",
             f"hydra.sweep.dir={self.root}/multirun",
         ]
+
+    def elsewhere(self, root: Path) -> TinyInputs:
+        """The same model and data files, with every output (store, cache, sweep dir) under ``root``."""
+        root.mkdir(parents=True, exist_ok=True)
+        return TinyInputs(root, self.model_dir, self.calib, self.boolq)
 
     def tool_args(self) -> list[str]:
         """Overrides of ``sweep.select`` / ``sweep.regress`` for the same store."""
@@ -58,6 +66,14 @@ def make_tiny_inputs(root: Path) -> TinyInputs:
     root.mkdir(parents=True, exist_ok=True)
     model_dir = save_tiny_model_dir(root / "tiny-llama", build_tiny_tokenizer())
     return TinyInputs(root, model_dir, write_calib_file(root / "calib.jsonl"), write_tiny_boolq(root / "boolq.jsonl"))
+
+
+def fresh_outputs(inputs: TinyInputs, root: Path, mlflow_template: Path) -> TinyInputs:
+    """``inputs`` with an empty MLflow store (a copy of ``mlflow_template``), cache and sweep
+    directory under ``root``."""
+    moved = inputs.elsewhere(root)
+    shutil.copyfile(mlflow_template, moved.db)
+    return moved
 
 
 def subprocess_env() -> dict[str, str]:
@@ -80,6 +96,51 @@ def init_store(db: Path) -> None:
     """Create an empty, fully migrated MLflow SQLite store (about 10 s; tests copy a template)."""
     db.parent.mkdir(parents=True, exist_ok=True)
     MlflowClient(f"sqlite:///{db}").search_experiments()
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    """Every artifact file of a run, as paths relative to its artifact root."""
+    found: set[str] = set()
+    for entry in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, entry.path) if entry.is_dir else {entry.path}
+    return found
+
+
+# The numbers of a job that must not depend on where it ran.
+RESULT_METRICS = ("boolq_acc", "float_boolq_acc", "vs_float_accuracy_delta", "vs_float_flip_rate", "vs_float_mean_kl")
+
+
+def parent_and_children(client: MlflowClient, experiment: str = EXPERIMENT) -> tuple[Run, list[Run]]:
+    """The experiment's one parent run and its child runs (asserts there is exactly one parent)."""
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(runs) == len(children) + 1, "runs outside the sweep's parent"
+    return parents[0], children
+
+
+def _not_cache(metrics: dict[str, float]) -> set[str]:
+    return {name for name in metrics if not name.startswith("cache_")}
+
+
+def assert_same_results(client: MlflowClient, runs: list[Run], ref_client: MlflowClient, reference: list[Run]) -> None:
+    """Each run has the same weights (sha256), result metrics, set of metrics and params, and
+    artifact files as the reference run of the same name: nothing lost, nothing different.
+
+    Cache metrics (``cache_*``) are left out of the comparison: which shared work a job finds
+    already done depends on which jobs ran before it in the same process."""
+    by_name = {r.info.run_name: r for r in reference}
+    for run in runs:
+        ref = by_name[run.info.run_name]
+        assert run.info.status == "FINISHED", (run.info.run_name, run.data.tags.get("error"))
+        sha = {k: v for k, v in run.data.tags.items() if k.startswith("sha256.")}
+        assert sha and sha == {k: v for k, v in ref.data.tags.items() if k.startswith("sha256.")}
+        assert {m: run.data.metrics[m] for m in RESULT_METRICS} == {m: ref.data.metrics[m] for m in RESULT_METRICS}
+        assert _not_cache(run.data.metrics) == _not_cache(ref.data.metrics)
+        assert set(run.data.params) == set(ref.data.params)
+        assert artifact_paths(client, run.info.run_id) == artifact_paths(ref_client, ref.info.run_id)
 
 
 def job_lines(stdout: str) -> list[str]:

@@ -1,5 +1,6 @@
-"""Fixtures of the sweep tests: a migrated MLflow store template, and one real 8-job sweep that
-several test modules inspect (run once per session: it takes about a minute)."""
+"""Fixtures of the sweep tests: a migrated MLflow store template, one real 8-job sweep that
+several test modules inspect (run once per session: it takes about a minute), and the serial
+smoke sweep that the launcher tests compare their parallel runs with."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweep_helpers import EXPERIMENT, TinyInputs, init_store, make_tiny_inputs, run_module
+from sweep_helpers import EXPERIMENT, TinyInputs, fresh_outputs, init_store, make_tiny_inputs, run_module
 
 FAILING_JOB = 5  # 0-based Hydra job number whose save_directory is blocked in the 8-job sweep
 
@@ -56,5 +57,21 @@ def sweep8(tmp_path_factory, mlflow_template) -> SweepOutcome:
     blocker.write_text("another tool's output\n")
     args = ["-m", "anti_method=none,m1", "disable_level=L0,L1,L2,L3", *inputs.sweep_args()]
     proc = run_module("sweep", args, cwd=inputs.root)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return SweepOutcome(inputs, proc)
+
+
+@pytest.fixture(scope="session")
+def shared_inputs(tmp_path_factory) -> TinyInputs:
+    """Tiny model and data for the launcher tests; each sweep writes its outputs elsewhere."""
+    return make_tiny_inputs(tmp_path_factory.mktemp("shared-inputs"))
+
+
+@pytest.fixture(scope="session")
+def serial_smoke(shared_inputs, tmp_path_factory, mlflow_template) -> SweepOutcome:
+    """The smoke grid (anti_method none, m1 × disable_level L0, L1) run in one process by Hydra's
+    basic launcher: what every other launcher must reproduce."""
+    inputs = fresh_outputs(shared_inputs, tmp_path_factory.mktemp("serial-smoke"), mlflow_template)
+    proc = run_module("sweep", ["-m", "grid=smoke", *inputs.sweep_args()], cwd=inputs.root)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return SweepOutcome(inputs, proc)

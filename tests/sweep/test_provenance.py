@@ -12,7 +12,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
+from hydra.utils import get_class
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
@@ -53,6 +56,26 @@ def test_sweep_key_is_order_free_and_follows_the_axes():
     assert sweep_key("config", ["b=x", "a=1,2"], {"c": "1,2"}) == key
     assert sweep_key("config", ["a=1,2", "b=y"], {"c": "1,2"}) != key
     assert sweep_key("config", ["a=1,2", "b=x"], {"c": "1,2,3"}) != key
+    # Where the jobs run is not what they compute: a sweep resumed on another launcher is the same sweep.
+    assert sweep_key("config", ["a=1,2", "launcher=joblib", "b=x"], {"c": "1,2"}) == key
+    assert sweep_key("config", ["+launcher=ray", "a=1,2", "b=x"], {"c": "1,2"}) == key
+
+
+PLACEMENTS = ["launcher=joblib", "launcher=submitit_local", "launcher=slurm", "launcher=ray"]
+
+
+@pytest.mark.parametrize("choice", [*PLACEMENTS, "search=alpha", "search=m6"])
+def test_launcher_and_search_configs_compose_onto_installed_plugins(choice):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[choice], return_hydra_config=True)
+    plugin = cfg.hydra.sweeper if choice.startswith("search=") else cfg.hydra.launcher
+    assert issubclass(get_class(plugin._target_), Sweeper if choice.startswith("search=") else Launcher)
+
+
+@pytest.mark.parametrize("choice", ["launcher=joblib", "launcher=ray", "tracking=server"])
+def test_where_jobs_run_and_log_is_not_part_of_the_config_hash(choice, tiny_model_dir):
+    base = [f"model.path={tiny_model_dir}"]
+    assert config_hash(_compose([*base, choice])) == config_hash(_compose(base))
 
 
 @pytest.mark.parametrize(

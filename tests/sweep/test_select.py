@@ -4,6 +4,7 @@ and promotion of a real sweep's champion whose weights are then fetched from MLf
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import mlflow
@@ -12,8 +13,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from quant.reload import load_quantized
+from sweep.compose import compose_tool_config
 from sweep.runs import RunRecord
-from sweep.select import SelectionRule, main, rank
+from sweep.select import SelectionRule, configured_rule, main, rank, search_objective
 from sweep_helpers import EXPERIMENT
 
 WEIGHT_FILE = "quant_model_weight_w8a8.safetensors"
@@ -66,6 +68,28 @@ def test_rule_without_significance_test_and_with_no_tolerance_for_drops():
     assert not rank([worse], SelectionRule(mcnemar_alpha=None, max_drop=0.0))[0].eligible
     improved = record("improved", 0.9, p=0.001)  # significantly *better*: eligible
     assert rank([improved], SelectionRule())[0].eligible
+
+
+def test_search_objective_is_the_rule_metric_and_ranks_ineligible_runs_below_eligible_ones():
+    runs = [
+        record("drop-too-large", 0.75),
+        record("significantly-worse", 0.79, p=0.01),
+        record("best", 0.8125, size=300),
+        record("eligible-worse", 0.79),
+    ]
+    rule = SelectionRule()
+    scores = {r.name: search_objective(r.metrics, rule) for r in runs}
+    assert scores == {
+        "drop-too-large": 0.75 - 1,
+        "significantly-worse": 0.79 - 1,
+        "best": 0.8125,
+        "eligible-worse": 0.79,
+    }
+    # What a search maximizes is what sweep.select crowns (tie-breaks aside).
+    assert max(scores, key=scores.get) == rank(runs, rule)[0].record.name
+    assert math.isnan(search_objective({"float_boolq_acc": 0.8}, rule))  # a failed job has no value
+    # The app reads the rule that sweep.select applies when given no override.
+    assert configured_rule() == SelectionRule.from_mapping(dict(compose_tool_config("select", []).rule))
 
 
 def test_rule_rejects_bad_settings():
