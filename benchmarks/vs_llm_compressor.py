@@ -188,12 +188,20 @@ QUANTIZERS: dict[str, Callable[[torch.nn.Module, Any, list, argparse.Namespace],
 }
 
 
+Seconds = dict[str, list[dict[str, float]]]
+Ppls = dict[str, list[float]]
+
+
 def measure(
-    float_dir: Path, tokenizer: Any, batches: list, args: argparse.Namespace
-) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[float]]]:
+    float_dir: Path,
+    tokenizer: Any,
+    batches: list,
+    args: argparse.Namespace,
+    after_repeat: Callable[[Seconds, Ppls], None],
+) -> None:
     """Quantize seconds (total and stages) and perplexity of every repeat of each quantizer, each run on
-    a fresh float copy."""
-    times: dict[str, list[dict[str, float]]] = {name: [] for name in QUANTIZERS}
+    a fresh float copy; ``after_repeat`` gets everything measured so far after each repeat."""
+    times: Seconds = {name: [] for name in QUANTIZERS}
     ppls: dict[str, list[float]] = {name: [] for name in QUANTIZERS}
     for r in range(args.repeats):
         # Alternate who goes first so a drift in machine load does not favour one side.
@@ -203,7 +211,7 @@ def measure(
             ppls[name].append(perplexity(model, tokenizer, args))
             log.info("repeat %d %s: %.1f s, ppl %.4f", r + 1, name, times[name][-1]["total"], ppls[name][-1])
             del model
-    return times, ppls
+        after_repeat(times, ppls)
 
 
 def perplexity(model: torch.nn.Module, tokenizer: Any, args: argparse.Namespace) -> float:
@@ -237,19 +245,30 @@ def versions() -> dict[str, str]:
     return {p: metadata.version(p) for p in packages}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Every measurement of the benchmark, as the result JSON."""
+def run(args: argparse.Namespace) -> None:
+    """Measure everything; the result JSON is rewritten after every repeat (an interrupted run keeps
+    the repeats it finished)."""
     register_batch_mean_observer()
     gguf = load_model(str(MODEL))
     tokenizer = gguf.tokenizer
     batches = tokenize_texts(tokenizer, read_calib_texts(CALIB)[: args.calib_n])
     float_ppl = perplexity(gguf.model, tokenizer, args)
     log.info("float ppl %.4f", float_ppl)
+
+    def write(seconds: Seconds, ppls: Ppls) -> None:
+        result = summarize(float_ppl, seconds, ppls, batches, args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        log.info("wrote %s (%d of %d repeats)", args.out, result["settings"]["repeats_done"], args.repeats)
+
     with tempfile.TemporaryDirectory(prefix="vs_llmc_") as tmp:
         write_hf_directory(Path(tmp), gguf)
         del gguf
-        seconds, ppls = measure(Path(tmp), tokenizer, batches, args)
+        measure(Path(tmp), tokenizer, batches, args, write)
 
+
+def summarize(float_ppl: float, seconds: Seconds, ppls: Ppls, batches: list, args: argparse.Namespace) -> dict:
+    """The result JSON from the repeats measured so far."""
     times = {name: [run["total"] for run in seconds[name]] for name in QUANTIZERS}
     our_stages = {stage: statistics.median(run[stage] for run in seconds["ours"]) for stage in seconds["ours"][0]}
     increase = {name: [p - float_ppl for p in ppls[name]] for name in QUANTIZERS}
@@ -268,7 +287,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figure("quantize time, llm-compressor", times["theirs"], "s"),
         figure("quantize time, ours / llm-compressor", time_ratio, "ratio", "<= 1", ratio_time <= 1),
     ]
-    deterministic = all(len(set(ppls[name])) == 1 for name in QUANTIZERS)
+    # None: a single repeat cannot show it
+    deterministic = all(len(set(ppls[name])) == 1 for name in QUANTIZERS) if len(ppls["ours"]) > 1 else None
     return {
         "benchmark": "vs_llm_compressor",
         "title": "W8A8 SmoothQuant on SmolLM2-135M: ours vs llm-compressor (WikiText-2 ppl increase, quantize time)",
@@ -283,6 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ppl_tokens": args.ppl_tokens,
             "block_size": args.block_size,
             "repeats": args.repeats,
+            "repeats_done": len(ppls["ours"]),
             "alpha": ALPHA,
             "float_linears": FLOAT_LINEARS,
             "their_activation_observer": args.their_observer,
@@ -294,12 +315,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def notes(deterministic: bool, stages: dict[str, float]) -> list[str]:
+def notes(deterministic: bool | None, stages: dict[str, float]) -> list[str]:
     """What differs between the two recipes and what the timings contain."""
+    determinism = {
+        True: "Perplexity is deterministic: every repeat of each quantizer gave the same value.",
+        False: "Perplexity varied between repeats: the ppl figures are medians, see runs.",
+        None: "Perplexity determinism not checked: one repeat only.",
+    }
     return [
-        "Perplexity is deterministic: every repeat of each quantizer gave the same value."
-        if deterministic
-        else "Perplexity varied between repeats: the ppl figures are medians, see runs.",
+        determinism[deterministic],
         "Same on both sides: float model (GGUF converted once, saved as an HF directory, loaded fresh for "
         "every run), token ids of the 50 texts (one text per batch, no truncation, no padding), SmoothQuant "
         "alpha 0.5 on norm->q,k,v and norm->gate,up, int8 symmetric per-channel weights by round-to-nearest, "
@@ -322,7 +346,8 @@ def notes(deterministic: bool, stages: dict[str, float]) -> list[str]:
         "quantize weights, calibrate layer by layer (two layer passes per layer plus a float matmul per linear "
         "for the SQNR report). llm-compressor: torch.fx tracing of the model into per-layer subgraphs, then "
         "per modifier (SmoothQuant, then quantization) a calibration pass and a propagation pass per layer.",
-        "Ours, median seconds per stage: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in stages.items()),
+        "Ours, median seconds per stage: "
+        + ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in stages.items() if k != "total"),
     ]
 
 
@@ -330,12 +355,9 @@ def main() -> None:
     args = parse_args()
     require_llmcompressor()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for f in result["figures"]:
+    run(args)
+    for f in json.loads(args.out.read_text())["figures"]:
         print(f"{f['name']}: {f['value']:.4f} [{f['min']:.4f}, {f['max']:.4f}] {f['unit']}")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
