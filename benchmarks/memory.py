@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import BOOLQ_CALIB, REPO_ROOT, SMOLLM2, Figure, write_result
 
@@ -48,6 +49,15 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+def model_bytes(model: Any) -> int:
+    """Bytes of the model's parameters and buffers, each storage once (tied weights). Holds no reference:
+    a kept float tensor would stay resident after quantization replaced it."""
+    sizes = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in [*model.parameters(), *model.buffers()]
+    }
+    return sum(sizes.values())
+
+
 def measure_once(model_path: str, calib_file: str) -> dict[str, float]:
     """One quantization in this process; sizes in MiB."""
     import torch
@@ -59,8 +69,7 @@ def measure_once(model_path: str, calib_file: str) -> dict[str, float]:
     release_free_heap()
     runtime = status_kib("VmRSS") / 1024
     loaded = load_model(model_path)
-    tensors = {t.data_ptr(): t for t in [*loaded.model.parameters(), *loaded.model.buffers()]}  # tied once
-    model_mib = sum(t.numel() * t.element_size() for t in tensors.values()) / MIB
+    model_mib = model_bytes(loaded.model) / MIB
     release_free_heap()
     loaded_rss = status_kib("VmRSS") / 1024
     reset_peak_rss()

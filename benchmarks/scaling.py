@@ -21,7 +21,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from benchmarks.common import Figure, timed, write_result
-from benchmarks.memory import release_free_heap, reset_peak_rss, status_kib
+from benchmarks.memory import model_bytes, release_free_heap, reset_peak_rss, status_kib
 from quant.calib import Batch
 from quant.config import QuantConfig
 from quant.pipeline import quantize
@@ -60,12 +60,12 @@ def measure(width: int, depth: int, tokens: int, repeats: int) -> dict[str, Any]
     seconds, extra = [], []
     for _ in range(repeats):
         model = build_model(width, depth)
-        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        size = model_bytes(model)
         release_free_heap()
         before = status_kib("VmRSS") * 1024
         reset_peak_rss()
         _, elapsed = timed(lambda m=model: quantize(m, None, cfg, calib_batches=batches))
-        extra.append((status_kib("VmHWM") * 1024 - before) / model_bytes)
+        extra.append((status_kib("VmHWM") * 1024 - before) / size)
         seconds.append(elapsed)
         del model
         gc.collect()
