@@ -152,6 +152,8 @@ MEMORY_NOTES = [
     "glibc raises its mmap threshold, later tensors of that size come from the heap, and its freed pages stay "
     "resident. The second allocator setting (a fixed mmap threshold, environment variable only) shows the memory "
     "the quantizer actually holds; it costs some speed (fresh pages for every large temporary).",
+    "Loading alone accounts for about 1.1 of the figure (resident set with the model loaded minus the runtime, "
+    "over the model's bytes: the tokenizer, GGUF conversion leftovers); quantizing adds the rest.",
 ]
 
 

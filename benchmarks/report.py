@@ -54,7 +54,8 @@ def build_report(results: list[dict[str, Any]], missing: list[str]) -> str:
     lines = [
         "# Benchmark report",
         "",
-        f"Machine: {machine()}. Commit {git_commit()}. Each benchmark's date is in its section; "
+        f"Machine: {results[0]['machine'] if results else machine()}. Commit {git_commit()}. "
+        "Each benchmark's date is in its section; "
         'regenerate with `python -m benchmarks` (README, "Benchmarks").',
         "",
         "Absolute times on a shared 2-core machine are noise; the figures that count are ratios measured "
