@@ -17,7 +17,6 @@ import copy
 import json
 import logging
 import math
-import os
 import platform
 import statistics
 import time
@@ -27,15 +26,14 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import BOOLQ_CALIB, BOOLQ_VAL, RESULTS, WIKITEXT
+from benchmarks.common import SMOLLM2 as MODEL
 from eval.boolq import evaluate_boolq
 from eval.perplexity import wikitext_perplexity
 from quant.config import QuantConfig
 from quant.model_io import load_model
 from quant.pipeline import Smoothing, calibration_batches, quantize, smooth
 
-DATA = Path(os.environ.get("QUANT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-MODEL = DATA / "models" / "smollm2-135m-instruct-gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-RESULTS = Path(__file__).resolve().parent / "results"
 ANTI_METHODS = ("none", "m1", "m2", "m3", "m4", "m5", "m6")
 ACT_METHODS = (1, 2, 3)
 
@@ -43,9 +41,9 @@ ACT_METHODS = (1, 2, 3)
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(MODEL))
-    parser.add_argument("--calib-file", default=str(DATA / "msmodelslim_common" / "boolq.jsonl"))
-    parser.add_argument("--wikitext", default=str(DATA / "wikitext-2-raw" / "wiki.test.raw"))
-    parser.add_argument("--boolq", default=str(DATA / "boolq" / "val.jsonl"))
+    parser.add_argument("--calib-file", default=str(BOOLQ_CALIB))
+    parser.add_argument("--wikitext", default=str(WIKITEXT))
+    parser.add_argument("--boolq", default=str(BOOLQ_VAL))
     parser.add_argument("--ppl-tokens", type=int, default=16384, help="WikiText-2 token budget")
     parser.add_argument("--block-size", type=int, default=512)
     parser.add_argument("--boolq-n", type=int, default=100, help="first N BoolQ validation examples; 0 skips")

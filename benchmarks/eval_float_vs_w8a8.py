@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from benchmarks.common import BOOLQ_CALIB as CALIB
+from benchmarks.common import BOOLQ_VAL as BOOLQ
+from benchmarks.common import SMOLLM2 as MODEL
+from benchmarks.common import WIKITEXT
 from eval.boolq import BoolQResult, evaluate_boolq, write_per_example
 from eval.compare import compare_boolq
 from eval.fingerprint import check_model_matches_saved
@@ -32,11 +35,6 @@ from quant.pipeline import quantize
 from quant.reload import load_quantized
 from quant.runner import save_result
 
-DATA = Path(os.environ.get("QUANT_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-MODEL = DATA / "models" / "smollm2-135m-instruct-gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-CALIB = DATA / "msmodelslim_common" / "boolq.jsonl"
-WIKITEXT = DATA / "wikitext-2-raw" / "wiki.test.raw"
-BOOLQ = DATA / "boolq" / "val.jsonl"
 T = TypeVar("T")
 
 

@@ -13,7 +13,6 @@ import argparse
 import copy
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +20,9 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import BOOLQ_CALIB as CALIB
+from benchmarks.common import SMOLLM2 as MODEL
+from benchmarks.common import WIKITEXT
 from eval.perplexity import wikitext_perplexity
 from quant.arch import LM_HEAD, linear_names
 from quant.config import QuantConfig
@@ -29,11 +31,6 @@ from quant.model_io import load_model
 from quant.observe import observe_linear_inputs
 from quant.pipeline import calibration_batches, quantize
 from quant.reload import load_quantized
-
-DATA = Path(os.environ.get("QUANT_DATA_DIR", "../shared/data"))
-MODEL = DATA / "models" / "smollm2-135m-instruct-gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-CALIB = DATA / "msmodelslim_common" / "boolq.jsonl"
-WIKITEXT = DATA / "wikitext-2-raw" / "wiki.test.raw"
 
 # name -> QuantConfig fields on top of the shared W8A8 m1 recipe (default llama2 fallback:
 # every down_proj and lm_head stay float).

@@ -16,7 +16,6 @@ import argparse
 import copy
 import gc
 import json
-import os
 import re
 import shutil
 import time
@@ -25,6 +24,10 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import BOOLQ_CALIB as CALIB
+from benchmarks.common import BOOLQ_VAL as BOOLQ
+from benchmarks.common import SMOLLM2 as MODEL
+from benchmarks.common import WIKITEXT
 from eval.boolq import evaluate_boolq
 from eval.compare import compare_boolq
 from eval.perplexity import wikitext_perplexity
@@ -35,12 +38,6 @@ from quant.observe import observe_linear_inputs
 from quant.pipeline import calibration_batches, quantize
 from quant.reload import load_quantized
 from quant.runner import save_result
-
-DATA = Path(os.environ.get("QUANT_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-MODEL = DATA / "models" / "smollm2-135m-instruct-gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-CALIB = DATA / "msmodelslim_common" / "boolq.jsonl"
-WIKITEXT = DATA / "wikitext-2-raw" / "wiki.test.raw"
-BOOLQ = DATA / "boolq" / "val.jsonl"
 
 W4A8 = dict(w_bit=4, is_lowbit=True, open_outlier=False, is_dynamic=True)
 W4A16_GROUP = dict(w_bit=4, a_bit=16, is_lowbit=True, open_outlier=False)
