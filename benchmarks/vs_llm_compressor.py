@@ -311,9 +311,10 @@ def notes(deterministic: bool | None, stages: dict[str, float]) -> list[str]:
         "inputs in float); ours in its integer form (int8 operands, float32 accumulation), as saved.",
         "Quantize time is the wall clock of quantize.pipeline.quantize / llmcompressor.oneshot only, with the "
         "calibration texts already tokenized. Ours: observe float stats, smooth, observe range_params, "
-        "quantize weights, calibrate layer by layer (two layer passes per layer plus a float matmul per linear "
-        "for the SQNR report). llm-compressor: torch.fx tracing of the model into per-layer subgraphs, then "
-        "per modifier (SmoothQuant, then quantization) a calibration pass and a propagation pass per layer.",
+        "then one running calibration pass layer by layer that quantizes each layer's weights (one layer pass "
+        "per layer plus a float matmul per linear for the SQNR report). llm-compressor: torch.fx tracing of "
+        "the model into per-layer subgraphs, then per modifier (SmoothQuant, then quantization) a calibration "
+        "pass and a propagation pass per layer.",
         "Ours, median seconds per stage: "
         + ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in stages.items() if k != "total"),
     ]

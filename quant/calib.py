@@ -1,6 +1,6 @@
 """Calibration data (SPEC §1): texts from a JSONL file or a list, one text per batch; and the
 anti-outlier data of ``anti_calib_file`` (``.jsonl``: groups of 4 texts without special tokens;
-``.json``: a list of batches of ``[text]`` with BOS), right-padded with id 0."""
+``.json``: a list of batches of ``[text]`` with BOS), right-padded with id 0 and unmasked."""
 
 from __future__ import annotations
 
@@ -152,8 +152,13 @@ def tokenize_padded(
     device: torch.device | str = "cpu",
     input_ids_name: str = "input_ids",
     attention_mask_name: str = "attention_mask",
+    mask_padding: bool = True,
 ) -> Batch:
-    """One batch of several texts, each tokenized alone, right-padded with id 0 (mask 0 there)."""
+    """One batch of several texts, each tokenized alone, right-padded with id 0.
+
+    ``mask_padding``: the attention mask is 0 on the padding; else it is all ones, so the model
+    sees the padded positions as ordinary tokens (the reference's unmasked ``.jsonl`` batch).
+    """
     rows = []
     for text in texts:
         encoded = tokenizer(text, add_special_tokens=add_special_tokens)
@@ -165,6 +170,8 @@ def tokenize_padded(
     for r, (ids, mask) in enumerate(rows):
         input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[r, : len(mask)] = torch.tensor(mask, dtype=torch.long)
+    if not mask_padding:
+        attention_mask.fill_(1)
     return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
 
@@ -176,7 +183,12 @@ def anti_calibration_batches(
     input_ids_name: str = "input_ids",
     attention_mask_name: str = "attention_mask",
 ) -> list[Batch]:
-    """The anti-outlier batches of ``anti_calib_file`` (SPEC §1 item 3), tokenized and padded."""
+    """The anti-outlier batches of ``anti_calib_file`` (SPEC §1 item 3), tokenized and padded.
+
+    The batches run without an attention mask, as the reference's do (``.jsonl`` [exact]; ``.json``:
+    its script passes the token ids alone there too): the padded positions are ordinary tokens and
+    count in every statistic.
+    """
     groups, special = read_anti_calib_file(anti_calib_file)
     return [
         tokenize_padded(
@@ -186,6 +198,7 @@ def anti_calibration_batches(
             device=device,
             input_ids_name=input_ids_name,
             attention_mask_name=attention_mask_name,
+            mask_padding=False,
         )
         for texts in groups
     ]

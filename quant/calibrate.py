@@ -1,13 +1,19 @@
-"""Static activation calibration, layer by layer on the already fake-quantized model (SPEC §4),
-and each quantized linear's output SQNR against its float counterpart on the same inputs.
+"""Weight quantization and static activation calibration in ONE running pass (SPEC §4, act 1–3).
 
-Decoder layers are calibrated in order. A layer's linears are observed on inputs produced by
-the earlier layers with their weights AND activations quantized, and with the layer's own
-weights already quantized; once its ranges are fixed, the layer runs again, fully quantized,
-to produce the next layer's inputs. That is two layer passes per layer (about two forward
-passes of the calibration data), instead of one per linear group. The second pass also
-measures each quantized linear's output SQNR in dB: its output against the float linear's
-output on the very same input (the layer's own error, not the error accumulated upstream).
+The reference runs the calibration batches in file order through the model once, with every
+static-activation linear (W8A8, W8A8S, W8A8_MIX) fake-quantized at once: at batch b a linear
+observes its input (x.min(), x.max(), or a histogram), takes the range over batches 0..b (this
+batch included), fake-quantizes its input with it and outputs ``F.linear(x_fq, (W_int − w_off)
+· w_scale)``. The parameters saved are those after the last batch. Float layers stay float; the
+KV cache is not quantized in this pass (its scales come from the smoothed float model).
+
+A layer's inputs depend only on the layers before it, so running the model decoder layer by
+decoder layer, each layer taking the batches in order with its running ranges, gives exactly
+the same inputs as the whole-model pass. :func:`calibrate_layer` is that step for one layer:
+(layer, its captured calls for every batch, the names of its linears to quantize) → the next
+layer's calls; it quantizes the layer's weights first, so at most one layer's float weights
+are held. The same pass measures each quantized linear's output SQNR against the float linear
+on the very same input (the layer's own error during calibration, with the running ranges).
 """
 
 from __future__ import annotations
@@ -17,21 +23,31 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from quant.arch import LM_HEAD, decoder_layers, final_norm
+from quant.arch import LM_HEAD, decoder_layers, final_norm, get_module, set_module
 from quant.calib import Batch
+from quant.config import QuantConfig
 from quant.layerwise import LayerCall, capture_first_layer_calls
 from quant.observers import ActivationObserver, MinMaxObserver, ObserverFactory
 from quant.qlinear import STATIC_ACT_TYPES, QuantLinear
-from quant.quantizers import SqnrAccumulator, activation_params
-from quant.schemes.static import pdmix_phase
+from quant.quantizers import SqnrAccumulator, activation_params, fake_quantize_activation
+from quant.schemes import quantize_linear
 
-__all__ = ["ActivationRange", "CalibrationOutcome", "LayerWatcher", "MinMaxObserver", "calibrate_activations"]
+__all__ = [
+    "ActivationRange",
+    "CalibrationOutcome",
+    "LayerWatcher",
+    "MinMaxObserver",
+    "calibrate_head",
+    "calibrate_layer",
+    "calibrate_model",
+]
 
-# A layer watcher observes decoder layer ``index`` while calibration runs it, fully quantized, to
-# produce the next layer's inputs (KV-cache and attention quantization calibrate there): it
-# installs its hooks on entering the context and sets its parameters on leaving it.
+# A layer watcher observes decoder layer ``index`` while calibration runs it (attention
+# quantization calibrates there): it installs its hooks on entering the context and sets its
+# parameters on leaving it.
 LayerWatcher = Callable[[int, nn.Module], contextlib.AbstractContextManager]
 
 
@@ -69,67 +85,16 @@ class ActivationRange:
 
 @dataclass
 class CalibrationOutcome:
-    """Per linear: the static input range (W8A8 only) and the output SQNR in dB (when measured)."""
+    """Per linear: the static input range (static types only), the output SQNR and the weight SQNR in dB."""
 
     ranges: dict[str, ActivationRange] = field(default_factory=dict)
     sqnr_db: dict[str, float] = field(default_factory=dict)
+    weight_sqnr_db: dict[str, float] = field(default_factory=dict)
 
-
-def _observe_layer_inputs(
-    layer: nn.Module, calls: Sequence[LayerCall], members: dict[str, QuantLinear], make_observer: ObserverFactory
-) -> dict[str, ActivationObserver]:
-    """Run every call through ``layer`` and feed each member's input to its observer.
-
-    Members that receive the same tensor in a call (q/k/v, gate/up) share one observer.
-    """
-    observers: dict[str, ActivationObserver] = {}
-    seen: dict[int, tuple[torch.Tensor, str]] = {}  # id(input) -> (input kept alive, first member)
-
-    def make_hook(name: str):
-        def hook(_module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            if id(x) in seen:
-                observers.setdefault(name, observers[seen[id(x)][1]])
-                return
-            seen[id(x)] = (x, name)
-            observers.setdefault(name, _observer_for(members[name], name, make_observer)).update(x.detach().float())
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in members.items()]
-    try:
-        for call in calls:
-            seen.clear()
-            call.run(layer)
-    finally:
-        for h in handles:
-            h.remove()
-    return observers
-
-
-def _advance_measuring(
-    layer: nn.Module,
-    calls: Sequence[LayerCall],
-    members: Mapping[str, QuantLinear],
-    float_linears: Mapping[str, nn.Module],
-    sqnr: dict[str, SqnrAccumulator],
-) -> list[LayerCall]:
-    """Run the (now quantized) layer to get the next layer's calls, accumulating each member's SQNR."""
-
-    def make_hook(name: str):
-        reference = float_linears[name]
-
-        def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            sqnr.setdefault(name, SqnrAccumulator()).update(reference(args[0]), output)
-
-        return hook
-
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in members.items() if n in float_linears]
-    try:
-        return [call.with_hidden(call.run(layer)) for call in calls]
-    finally:
-        for h in handles:
-            h.remove()
+    def update(self, other: CalibrationOutcome) -> None:
+        self.ranges.update(other.ranges)
+        self.sqnr_db.update(other.sqnr_db)
+        self.weight_sqnr_db.update(other.weight_sqnr_db)
 
 
 def _observer_for(module: QuantLinear, name: str, make_observer: ObserverFactory) -> ActivationObserver:
@@ -139,23 +104,111 @@ def _observer_for(module: QuantLinear, name: str, make_observer: ObserverFactory
     return ShardedObserver([make_observer(name) for _ in range(shards)])
 
 
-def _fix_range(module: QuantLinear, observer: ActivationObserver | ShardedObserver) -> ActivationRange:
-    ranges = observer.ranges() if isinstance(observer, ShardedObserver) else [observer.range()]
+def _observer_ranges(observer: ActivationObserver | ShardedObserver) -> list[tuple[float, float]]:
+    return observer.ranges() if isinstance(observer, ShardedObserver) else [observer.range()]
+
+
+def _params(ranges: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Static asymmetric int8 scale and offset per shard, float32 (S,)."""
     params = [activation_params(xmin, xmax) for xmin, xmax in ranges]
-    scale = torch.cat([p[0] for p in params])  # (S,)
-    offset = torch.cat([p[1] for p in params])
-    module.set_activation_params(scale, offset)
+    return torch.cat([p[0] for p in params]), torch.cat([p[1] for p in params])
 
-    def report(values: list[float]) -> float | list[float]:
-        return values[0] if len(values) == 1 else values
 
-    return ActivationRange(
-        observer.name,
-        report([r[0] for r in ranges]),
-        report([r[1] for r in ranges]),
-        report(scale.tolist()),
-        report(offset.tolist()),
-    )
+class CalibratingLinear(nn.Module):
+    """Stands in for one quantized linear during the running pass.
+
+    Static types: each call is one calibration batch; the observer sees the input, the range of
+    batches 0..b gives this batch's scale/offset, and the output is
+    ``F.linear(x_fq, (W_int − w_off)·w_scale)``. Other types run their own forward. Every call
+    also accumulates the output SQNR against the float linear on the same input.
+    """
+
+    def __init__(self, quantized: QuantLinear, float_linear: nn.Module, observer: ActivationObserver | None) -> None:
+        super().__init__()
+        self.quantized = quantized
+        self.float_linear = float_linear
+        self.observer = observer
+        self.sqnr = SqnrAccumulator()
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The quantized module's weight (code that asks a projection for its device or shape)."""
+        return self.quantized.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._static_forward(x) if self.observer is not None else self.quantized(x)
+        self.sqnr.update(self.float_linear(x), out)
+        return out
+
+    def _static_forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.detach().float()
+        self.observer.update(xf)
+        scale, offset = _params(_observer_ranges(self.observer))
+        scale, offset = scale.to(xf.device), offset.to(xf.device)
+        shards = scale.numel()
+        if shards == 1:
+            x_fq = fake_quantize_activation(xf, scale, offset)
+        else:
+            xs = xf.unflatten(-1, (shards, -1))  # (..., S, k/S)
+            x_fq = fake_quantize_activation(xs, scale.view(shards, 1), offset.view(shards, 1)).flatten(-2)
+        bias = getattr(self.quantized, "bias", None)
+        out = F.linear(x_fq, self.quantized.matmul_weight(), None if bias is None else bias.float())
+        return out.to(x.dtype)
+
+    def finish(self) -> ActivationRange | None:
+        """Set the parameters after the last batch on the quantized module; its range for the report."""
+        if self.observer is None:
+            return None
+        ranges = _observer_ranges(self.observer)
+        scale, offset = _params(ranges)
+        self.quantized.set_activation_params(scale, offset)
+
+        def report(values: list[float]) -> float | list[float]:
+            return values[0] if len(values) == 1 else values
+
+        return ActivationRange(
+            self.observer.name,
+            report([r[0] for r in ranges]),
+            report([r[1] for r in ranges]),
+            report(scale.tolist()),
+            report(offset.tolist()),
+        )
+
+
+@contextlib.contextmanager
+def _calibrating(
+    root: nn.Module, prefix: str, names: Sequence[str], cfg: QuantConfig, make_observer: ObserverFactory
+) -> Iterator[tuple[dict[str, CalibratingLinear], dict[str, float]]]:
+    """Quantize the weights of ``names`` (full names; ``prefix`` + the path inside ``root``) and stand a
+    :class:`CalibratingLinear` in for each during the block; the quantized modules stay in place after it.
+
+    Yields the stand-ins and each weight's SQNR in dB.
+    """
+    stand_ins: dict[str, CalibratingLinear] = {}
+    weight_sqnr: dict[str, float] = {}
+    with torch.no_grad():
+        for name in names:
+            path = name[len(prefix) :]
+            linear = get_module(root, path)
+            module, weight_sqnr[name] = quantize_linear(linear, cfg, name)
+            observer = _observer_for(module, name, make_observer) if module.quant_type in STATIC_ACT_TYPES else None
+            stand_ins[name] = CalibratingLinear(module, linear, observer)
+            set_module(root, path, stand_ins[name])
+    try:
+        yield stand_ins, weight_sqnr
+    finally:
+        for name, stand_in in stand_ins.items():
+            set_module(root, name[len(prefix) :], stand_in.quantized)
+
+
+def _finish(stand_ins: Mapping[str, CalibratingLinear], weight_sqnr: dict[str, float]) -> CalibrationOutcome:
+    outcome = CalibrationOutcome(weight_sqnr_db=weight_sqnr)
+    for name, stand_in in stand_ins.items():
+        rng = stand_in.finish()
+        if rng is not None:
+            outcome.ranges[name] = rng
+        outcome.sqnr_db[name] = stand_in.sqnr.db
+    return outcome
 
 
 @contextlib.contextmanager
@@ -166,56 +219,67 @@ def _watching(watchers: Sequence[LayerWatcher], index: int, layer: nn.Module) ->
         yield
 
 
-def calibrate_activations(
+def calibrate_layer(
+    index: int,
+    layer: nn.Module,
+    calls: Sequence[LayerCall],
+    quantized: Sequence[str],
+    cfg: QuantConfig,
+    make_observer: ObserverFactory,
+    watchers: Sequence[LayerWatcher] = (),
+) -> tuple[list[LayerCall], CalibrationOutcome]:
+    """Quantize decoder layer ``index`` and calibrate it in the running pass; return the next layer's calls.
+
+    ``calls``: the layer's captured arguments for every calibration batch, in file order.
+    ``quantized``: full names (``model.layers.{index}.…``) of its linears to quantize; the others
+    stay float. The layer is modified in place (quantized modules replace the float linears).
+    """
+    prefix = f"model.layers.{index}."
+    with (
+        torch.no_grad(),
+        _calibrating(layer, prefix, quantized, cfg, make_observer) as (stand_ins, weight_sqnr),
+        _watching(watchers, index, layer),
+    ):
+        next_calls = [call.with_hidden(call.run(layer)) for call in calls]
+    return next_calls, _finish(stand_ins, weight_sqnr)
+
+
+def calibrate_head(
+    model: nn.Module, calls: Sequence[LayerCall], cfg: QuantConfig, make_observer: ObserverFactory
+) -> CalibrationOutcome:
+    """Quantize and calibrate ``lm_head`` on the final norm's outputs of the last layer's calls."""
+    norm = final_norm(model)
+    with torch.no_grad(), _calibrating(model, "", [LM_HEAD], cfg, make_observer) as (stand_ins, weight_sqnr):
+        head = stand_ins[LM_HEAD]
+        for call in calls:
+            head(norm(call.hidden))
+    return _finish(stand_ins, weight_sqnr)
+
+
+def calibrate_model(
     model: nn.Module,
     batches: Sequence[Batch],
+    quantized: Sequence[str],
+    cfg: QuantConfig,
     make_observer: ObserverFactory,
-    float_linears: dict[str, nn.Module] | None = None,
     watchers: Sequence[LayerWatcher] = (),
 ) -> CalibrationOutcome:
-    """Set the static input scale/offset of every static-activation ``QuantLinear`` in ``model``.
+    """Quantize the linears ``quantized`` and calibrate their activations, one decoder layer at a time.
 
-    ``make_observer(name)`` gives the observer for the linear called ``name`` (act_method).
-    With ``float_linears`` (name -> the float linear a QuantLinear replaced), every quantized
-    linear's output SQNR on the calibration data is measured too (W8A16 layers included); each
-    entry is removed from ``float_linears`` once its decoder layer is measured, which frees the
-    float copy before the next layer's quantized caches are built.
-    ``watchers`` see each decoder layer's fully quantized run (see ``LayerWatcher``).
-    W8A8_MIX layers run their static (decode) path meanwhile, as the reference calibrates
-    them like W8A8.
+    ``make_observer(name)`` gives the observer of the static linear ``name`` (act_method).
+    ``watchers`` see each decoder layer while the pass runs it (see ``LayerWatcher``).
     """
-    float_linears = float_linears or {}
-    quantized = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
-    static = {name: m for name, m in quantized.items() if m.quant_type in STATIC_ACT_TYPES}
+    wanted = set(quantized)
     outcome = CalibrationOutcome()
-    if not static and not watchers and not (float_linears.keys() & quantized.keys()):
+    if not wanted and not watchers:
         return outcome
-    sqnr: dict[str, SqnrAccumulator] = {}
-    with torch.no_grad(), pdmix_phase(model, "decode"):
+    with torch.no_grad():
         calls = capture_first_layer_calls(model, batches)
         for i, layer in enumerate(decoder_layers(model)):
             prefix = f"model.layers.{i}."
-            members = {n: m for n, m in static.items() if n.startswith(prefix)}
-            if members:
-                observers = _observe_layer_inputs(layer, calls, members, make_observer)
-                for name, observer in observers.items():
-                    outcome.ranges[name] = _fix_range(members[name], observer)
-            in_layer = {n: m for n, m in quantized.items() if n.startswith(prefix)}
-            with _watching(watchers, i, layer):
-                calls = _advance_measuring(layer, calls, in_layer, float_linears, sqnr)
-            for name in in_layer:  # measured: free the float copy as calibration moves on
-                float_linears.pop(name, None)
-        if LM_HEAD in quantized:
-            head = quantized[LM_HEAD]
-            head_inputs = [final_norm(model)(call.hidden) for call in calls]
-            if LM_HEAD in static:
-                observer = _observer_for(head, LM_HEAD, make_observer)
-                for x in head_inputs:
-                    observer.update(x.float())
-                outcome.ranges[LM_HEAD] = _fix_range(head, observer)
-            if LM_HEAD in float_linears:
-                acc = sqnr.setdefault(LM_HEAD, SqnrAccumulator())
-                for x in head_inputs:
-                    acc.update(float_linears[LM_HEAD](x), head(x))
-    outcome.sqnr_db = {name: acc.db for name, acc in sqnr.items()}
+            names = [n for n in quantized if n.startswith(prefix)]
+            calls, layer_outcome = calibrate_layer(i, layer, calls, names, cfg, make_observer, watchers)
+            outcome.update(layer_outcome)
+        if LM_HEAD in wanted:
+            outcome.update(calibrate_head(model, calls, cfg, make_observer))
     return outcome

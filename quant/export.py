@@ -6,8 +6,8 @@ place at the end, so an interrupted save never leaves a complete-looking output.
 ``part_file_size`` (GB, 1 GB = 2^30 bytes, fractions allowed) shards the weights into
 ``quant_model_weight_<type>-0000i-of-0000N.safetensors`` plus the index
 ``quant_model_weight_<type>.safetensors.index.json``; ``mindie_format`` names the description
-``quant_model_description_<type>.json`` (no version) and adds ``<norm>.module.weight`` /
-``<norm>.module.bias`` for every smoothed norm.
+``quant_model_description_<type>.json`` (no version), adds ``<norm>.module.weight`` /
+``<norm>.module.bias`` for every smoothed norm and ``quantize`` / ``quantization_config`` to config.json.
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from quant.arch import LM_HEAD, NORM_PAIRS, decoder_layers
+from quant.arch import norm_modules
 from quant.attention_quant import attention_quant_description
+from quant.config import QuantConfig
 from quant.errors import QuantInputError
-from quant.kv_cache import kv_cache_description
+from quant.kv_cache import KV_TYPE, kv_cache_description
 from quant.qlinear import QuantLinear
+from quant.schemes.spec import is_per_group
 
 DESCRIPTION_VERSION = "1.0.0"
 LAYER_REPORT_FILE = "quant_layer_report.json"
@@ -66,6 +68,10 @@ def collect_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
 
 
+# Model-level description keys, written before the tensor entries in this order (as the reference).
+_META_ORDER = ("version", "model_quant_type", "kv_cache_type", "kv_quant_type", "fa_quant_type", "group_size")
+
+
 def describe_tensors(model: nn.Module, tensor_names: list[str], quant_type: str) -> dict[str, Any]:
     """The description JSON: every saved tensor name mapped to its type string.
 
@@ -86,31 +92,67 @@ def describe_tensors(model: nn.Module, tensor_names: list[str], quant_type: str)
     return description
 
 
-def mindie_norm_entries(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, str]]:
+def ordered_description(description: dict[str, Any], tensor_names: list[str]) -> dict[str, Any]:
+    """The reference's key order: the model-level keys, then the tensors module by module, a
+    projection's KV-cache (C8) entries before its own, a norm's mindie copies right after it."""
+    ordered = {k: description[k] for k in _META_ORDER if k in description}
+    by_module: dict[str, list[str]] = {}
+    for name in tensor_names:
+        copy_of_norm = name.endswith(tuple("." + suffix for suffix in MINDIE_NORM_COPIES))
+        module = name.rsplit(".", 2 if copy_of_norm else 1)[0]
+        by_module.setdefault(module, []).append(name)
+    for names in by_module.values():
+        kv = [n for n in names if description.get(n) == KV_TYPE]
+        copies = [n for n in names if n.endswith(tuple("." + suffix for suffix in MINDIE_NORM_COPIES))]
+        own = [n for n in names if n not in kv and n not in copies]
+        ordered.update({n: description[n] for n in kv + own + copies})
+    ordered.update({k: v for k, v in description.items() if k not in ordered})
+    return ordered
+
+
+def mindie_norm_entries(
+    model: nn.Module, tensors: dict[str, torch.Tensor], quant_type: str
+) -> dict[str, tuple[torch.Tensor, str]]:
     """``<norm>.module.weight`` / ``.module.bias`` for every norm that carries a (smoothing) bias.
 
-    They copy the norm's saved weight and bias; each is typed like the first linear the norm
-    feeds (q_proj, gate_proj, lm_head), FLOAT when that linear stays float.
+    They copy the norm's saved weight and bias and are typed with the model's quant type (the
+    reference types them W8A8 in a W8A8 model, ``model.norm`` included, although lm_head stays float).
     """
     entries: dict[str, tuple[torch.Tensor, str]] = {}
-    for norm, first_linear in _norm_consumers(model).items():
+    for norm in norm_modules(model):
         if f"{norm}.bias" not in tensors:
             continue
-        consumer = model.get_submodule(first_linear)
-        qtype = consumer.quant_type if isinstance(consumer, QuantLinear) else "FLOAT"
         for suffix, source in MINDIE_NORM_COPIES.items():
-            entries[f"{norm}.{suffix}"] = (tensors[f"{norm}.{source}"].clone(), qtype)
+            entries[f"{norm}.{suffix}"] = (tensors[f"{norm}.{source}"].clone(), quant_type)
     return entries
 
 
-def _norm_consumers(model: nn.Module) -> dict[str, str]:
-    """Each RMSNorm's full name mapped to the first linear that reads its output."""
-    consumers = {}
-    for i in range(len(decoder_layers(model))):
-        for pair in NORM_PAIRS:
-            consumers[f"model.layers.{i}.{pair.prev}"] = f"model.layers.{i}.{pair.nexts[0]}"
-    consumers["model.norm"] = LM_HEAD
-    return consumers
+def mindie_quantization_config(cfg: QuantConfig) -> dict[str, Any]:
+    """What the reference's mindie_format adds to config.json: ``quantize`` and ``quantization_config``."""
+    return {
+        "quantize": cfg.quant_type.lower(),
+        "quantization_config": {
+            "group_size": cfg.group_size if is_per_group(cfg) else 0,
+            "kv_quant_type": KV_TYPE if cfg.use_kvcache_quant else None,
+            "fa_quant_type": "FAQuant" if cfg.use_fa_quant else None,
+            "w_bit": cfg.w_bit,
+            "a_bit": cfg.a_bit,
+            "dev_type": cfg.device_type,
+            "fraction": cfg.fraction,
+            "act_method": cfg.act_method,
+            "co_sparse": cfg.co_sparse,
+            "anti_method": cfg.anti_method if cfg.anti_method != "none" else "",
+            "disable_level": cfg.disable_level,
+            "do_smooth": cfg.do_smooth,
+            "use_sigma": cfg.use_sigma,
+            "sigma_factor": cfg.sigma_factor,
+            "is_lowbit": cfg.is_lowbit,
+            "mm_tensor": cfg.mm_tensor,
+            "w_sym": cfg.w_sym,
+            "open_outlier": cfg.open_outlier,
+            "is_dynamic": cfg.is_dynamic,
+        },
+    }
 
 
 def shard_file_name(quant_type: str, index: int, count: int) -> str:
@@ -198,8 +240,12 @@ def save_quantized(
     overwrite: bool = False,
     part_file_size: float | None = None,
     mindie_format: bool = False,
+    config_updates: dict[str, Any] | None = None,
 ) -> SavedOutput:
-    """Write weights, description, config.json, tokenizer files and ``extra_json`` files."""
+    """Write weights, description, config.json, tokenizer files and ``extra_json`` files.
+
+    ``config_updates``: keys added to config.json (mindie_format: :func:`mindie_quantization_config`).
+    """
     target = check_save_directory(save_directory, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -207,15 +253,16 @@ def save_quantized(
         tensors = collect_tensors(model)
         description = describe_tensors(model, list(tensors), quant_type)
         if mindie_format:
-            for name, (tensor, qtype) in mindie_norm_entries(model, tensors).items():
+            for name, (tensor, qtype) in mindie_norm_entries(model, tensors, quant_type).items():
                 tensors[name] = tensor
                 description[name] = qtype
         else:
             description["version"] = DESCRIPTION_VERSION
+        description = ordered_description(description, list(tensors))
         weight_paths = write_weights(tensors, tmp, quant_type, part_file_size)
         desc_path = tmp / description_file_name(quant_type, mindie_format)
         _write_json(desc_path, description)
-        _save_config(model, tmp, original_dtype)
+        _save_config(model, tmp, original_dtype, config_updates)
         _save_tokenizer(tokenizer, tmp)
         for file_name, payload in (extra_json or {}).items():
             _write_json(tmp / file_name, payload)
@@ -231,11 +278,30 @@ def _write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
 
 
-def _save_config(model: nn.Module, directory: Path, original_dtype: torch.dtype | None) -> None:
+def _save_config(
+    model: nn.Module, directory: Path, original_dtype: torch.dtype | None, updates: dict[str, Any] | None = None
+) -> None:
+    """config.json in transformers' current form, plus the keys older loaders read.
+
+    transformers 5 writes ``dtype`` and ``rope_parameters``; loaders built on transformers 4 (the
+    reference's serving stack among them) read ``torch_dtype``, ``rope_theta`` and ``rope_scaling``,
+    and would silently fall back to defaults (rope_theta 10000 for a LLaMA-3 model) without them.
+    """
     config = copy.deepcopy(model.config)
     if original_dtype is not None:
         config.dtype = original_dtype
     config.save_pretrained(directory)
+    path = directory / "config.json"
+    values = json.loads(path.read_text(encoding="utf-8"))
+    if "dtype" in values:
+        values.setdefault("torch_dtype", values["dtype"])
+    rope = values.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        values.setdefault("rope_theta", rope["rope_theta"])
+        scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+        values.setdefault("rope_scaling", None if scaling.get("rope_type", "default") == "default" else scaling)
+    values.update(updates or {})
+    _write_json(path, values)
 
 
 def _save_tokenizer(tokenizer: Any, directory: Path) -> None:

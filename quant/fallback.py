@@ -74,15 +74,32 @@ def level_fallback(n: int, range_params: Mapping[str, float], already_float: Seq
     }
 
 
+def threshold_candidates(disable_names: Sequence[str] | None, all_linears: Sequence[str]) -> list[str]:
+    """The linears ``disable_threshold`` judges: the user's disable_names, else every down_proj (SPEC §5)."""
+    if disable_names:
+        return list(disable_names)
+    return [n for n in all_linears if n.endswith(".mlp.down_proj")]
+
+
 def threshold_fallback(
-    threshold: float, quantile_scores: Mapping[str, float | None], already_float: Sequence[str]
+    threshold: float,
+    quantile_scores: Mapping[str, float | None],
+    candidates: Sequence[str],
+    already_float: Sequence[str],
 ) -> dict[str, str]:
-    """``disable_threshold t > 0``: every down_proj whose quantile score exceeds t stays float (SPEC §5)."""
+    """``disable_threshold t > 0``: every candidate whose quantile score exceeds t stays float (SPEC §5).
+
+    The reference's candidates are the user's disable_names if given, else every down_proj; with a
+    threshold, candidates scoring ≤ t are quantized even when the user named them.
+    """
     if threshold <= 0:
         return {}
     skip = set(already_float)
+    missing = [n for n in candidates if quantile_scores.get(n) is None]
+    if missing:
+        raise ValueError(f"disable_threshold: no quantile score for {', '.join(missing[:3])}")
     return {
-        name: f"disable_threshold {threshold:g}: quantile score {score:.3g} > {threshold:g}"
-        for name, score in quantile_scores.items()
-        if name.endswith(".mlp.down_proj") and name not in skip and score is not None and score > threshold
+        name: f"disable_threshold {threshold:g}: quantile score {quantile_scores[name]:.4g} > {threshold:g}"
+        for name in candidates
+        if name not in skip and quantile_scores[name] > threshold
     }

@@ -12,8 +12,7 @@ The projection stays whatever it is (float ``nn.Linear`` or ``QuantLinear``).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,8 @@ import torch
 from torch import nn
 
 from quant.arch import decoder_layers
+from quant.calib import Batch
+from quant.layerwise import iterate_layer_inputs
 from quant.quantizers import fake_quantize_activation, symmetric_params
 
 KV_TYPE = "C8"
@@ -55,31 +56,33 @@ def _fake_quantize_output(module: nn.Module, _args: tuple, output: torch.Tensor)
 
 @dataclass
 class KVCacheCalibrator:
-    """Calibrates the KV-cache scales layer by layer; use :meth:`watch` as a calibration ``LayerWatcher``.
+    """The KV-cache scales, measured on the smoothed FLOAT model (SPEC §4 [exact]).
 
-    While calibration runs decoder layer i fully quantized, forward hooks take the running
-    per-channel max |output| of its k_proj and v_proj over every calibration batch; when the
-    layer is done its projections get ``scale = amax / 127`` and start fake-quantizing. The
-    calibration run itself is not changed by the observation: later layers are calibrated on
-    inputs whose attention used the unquantized cache.
+    :meth:`observe` runs every calibration batch through the float model one decoder layer at a
+    time, with forward hooks taking the running per-channel max |output| of every k_proj and
+    v_proj over all tokens; nothing is quantized meanwhile. :meth:`apply` then gives each
+    projection ``scale = amax / 127`` and makes it fake-quantize its output (after the linears
+    are quantized: the projection module it attaches to is the final one).
     """
 
     amax: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    @contextlib.contextmanager
-    def watch(self, index: int, layer: nn.Module) -> Iterator[None]:
-        handles = []
-        for proj in KV_PROJECTIONS:
-            name = f"model.layers.{index}.self_attn.{proj}"
-            handles.append(layer.self_attn.get_submodule(proj).register_forward_hook(self._observer(name)))
+    def observe(self, model: nn.Module, batches: Sequence[Batch]) -> KVCacheCalibrator:
+        handles = [
+            model.get_submodule(name).register_forward_hook(self._observer(name)) for name in kv_projection_names(model)
+        ]
         try:
-            yield
+            for _ in iterate_layer_inputs(model, batches, lambda _i, _layer: {}):
+                pass
         finally:
             for handle in handles:
                 handle.remove()
-        for proj in KV_PROJECTIONS:
-            name = f"model.layers.{index}.self_attn.{proj}"
-            add_kv_cache_quant(layer.self_attn.get_submodule(proj), self.scale(name))
+        return self
+
+    def apply(self, model: nn.Module) -> None:
+        """Give every observed projection its scale and the fake-quant hook on its output."""
+        for name in self.amax:
+            add_kv_cache_quant(model.get_submodule(name), self.scale(name))
 
     def scale(self, name: str) -> torch.Tensor:
         """``amax / 127`` of the projection called ``name``, (n_kv * head_dim,)."""

@@ -1,16 +1,16 @@
 """Observation passes: the statistics of every linear's input.
 
-:func:`observe_linear_inputs` (one forward pass, hooks, streaming) gives what the anti-outlier
-methods need from the float model: per-channel absmax / max / min over all tokens and how far
-each channel strays from its batch's distribution. :func:`observe_layerwise` (one layer at a
-time) adds what needs a layer's raw inputs: the quantile score of ``disable_threshold``; with
-the per-batch extremes and centred spread it feeds the float-fallback rules (SPEC §5).
+:func:`observe_layerwise` (one decoder layer at a time) is what the pipeline runs: on the float
+model over the anti-outlier data (the anti-outlier methods' per-channel absmax / max / min and how
+far each channel strays from its batch's distribution; the ``disable_threshold`` quantile scores)
+and on the smoothed model over the first calibration batches (the per-batch extremes and centred
+spread behind ``disable_level``'s range_param, SPEC §5). :func:`observe_linear_inputs` gives the
+same statistics from one whole-model forward pass with hooks (no scores).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +21,7 @@ from quant.arch import LM_HEAD, layer_index
 from quant.calib import Batch
 from quant.layerwise import iterate_layer_inputs
 
-QUANTILE_SAMPLE_START = 50  # disable_threshold samples sorted values [50::100] (SPEC §5)
+QUANTILE_SAMPLE_START = 50  # disable_threshold samples each batch's sorted values [50::100] (SPEC §5)
 QUANTILE_SAMPLE_STEP = 100
 
 
@@ -113,41 +113,39 @@ def observe_linear_inputs(model: nn.Module, batches: Sequence[Batch], names: Seq
     return stats
 
 
-def quantile_score(x: torch.Tensor) -> float:
-    """The ``disable_threshold`` score of one linear's input (SPEC §5).
+def quantile_sample(x: torch.Tensor) -> torch.Tensor:
+    """One batch's ``disable_threshold`` sample (SPEC §5): its input flattened and sorted, every 100th
+    value from index 50 (all values when there are fewer than 100)."""
+    ordered = x.detach().reshape(-1).float().sort().values
+    if ordered.numel() < QUANTILE_SAMPLE_STEP:
+        return ordered
+    return ordered[QUANTILE_SAMPLE_START::QUANTILE_SAMPLE_STEP]
 
-    The input is flattened and sorted; every 100th value from index 50 is the sample (all
-    values when there are fewer than 51); ``score = 2·amax/254 / (q75 − q25 + 1e-10)`` with
-    amax = max|x| over the whole input and q25/q75 the sample's quartiles (linear interpolation,
-    as numpy / torch.quantile). Only the four order statistics the quartiles interpolate between
-    are selected (one partial partition), not a full sort.
+
+def quantile_score(batches: Sequence[torch.Tensor] | torch.Tensor) -> float:
+    """The ``disable_threshold`` score of one linear's input over the batches (SPEC §5).
+
+    Each batch's input is sampled alone (:func:`quantile_sample`); over the samples s of all
+    batches together, ``score = 2·max|s|/254 / (q75(s) − q25(s) + 1e-10)``, the max and the
+    quartiles (linear interpolation) over the sample, not the whole input.
     """
-    flat = x.detach().reshape(-1).float().cpu().numpy()
-    n = flat.size
-    start, step = (QUANTILE_SAMPLE_START, QUANTILE_SAMPLE_STEP) if n > QUANTILE_SAMPLE_START else (0, 1)
-    size = (n - start + step - 1) // step  # sample = sorted(flat)[start::step]
-    positions = {q: q * (size - 1) for q in (0.25, 0.75)}  # fractional index into the sample
-    sample_index = sorted({f(p) for p in positions.values() for f in (math.floor, math.ceil)})
-    ranks = [start + i * step for i in sample_index]
-    selected = np.partition(flat, ranks)
-    value = {i: float(selected[r]) for i, r in zip(sample_index, ranks)}
-
-    def quartile(q: float) -> float:
-        pos = positions[q]
-        low, high = math.floor(pos), math.ceil(pos)
-        return value[low] + (pos - low) * (value[high] - value[low])
-
-    amax = float(np.abs(flat).max())
-    return 2 * amax / 254 / (quartile(0.75) - quartile(0.25) + 1e-10)
+    inputs = [batches] if isinstance(batches, torch.Tensor) else list(batches)
+    sample = torch.cat([quantile_sample(x).cpu() for x in inputs]).double().numpy()
+    q25, q75 = np.quantile(sample, [0.25, 0.75])
+    return float(2 * np.abs(sample).max() / 254 / (q75 - q25 + 1e-10))
 
 
-def observe_layerwise(model: nn.Module, batches: Sequence[Batch], names: Sequence[str]) -> dict[str, InputStats]:
-    """:class:`InputStats` of each named linear, with its quantile score, one decoder layer at a time.
+def observe_layerwise(
+    model: nn.Module, batches: Sequence[Batch], names: Sequence[str], scored: Collection[str] | None = None
+) -> dict[str, InputStats]:
+    """:class:`InputStats` of each named linear, one decoder layer at a time.
 
+    ``scored``: the linears that also get their quantile score (default: all of ``names``).
     Memory: the hidden states of ``batches`` plus one layer's inputs. Linears that share one
     input (q/k/v, gate/up) share the result.
     """
     wanted = set(names)
+    scored = wanted if scored is None else set(scored)
     stats: dict[str, InputStats] = {}
 
     def members_of(i: int, layer: nn.Module) -> dict[str, nn.Module]:
@@ -155,15 +153,17 @@ def observe_layerwise(model: nn.Module, batches: Sequence[Batch], names: Sequenc
         return {n: layer.get_submodule(n[len(prefix) :]) for n in wanted if layer_index(n) == i}
 
     head = model.get_submodule(LM_HEAD) if LM_HEAD in wanted else None
+    order = list(names)
     for _i, inputs in iterate_layer_inputs(model, batches, members_of, head=head):
         by_tensor: dict[int, InputStats] = {}
-        for name in sorted(inputs, key=list(names).index):
+        for name in sorted(inputs, key=order.index):
             first = inputs[name][0]
             if id(first) not in by_tensor:
                 own = InputStats()
                 for x in inputs[name]:
                     own.update(x)
-                own.quantile_score = quantile_score(torch.cat(inputs[name]))
                 by_tensor[id(first)] = own
             stats[name] = by_tensor[id(first)]
+            if name in scored and stats[name].quantile_score is None:
+                stats[name].quantile_score = quantile_score(inputs[name])
     return stats

@@ -46,7 +46,10 @@ class MinMaxObserver:
         self.maxs.append(float(x.max()))
 
     def range(self) -> tuple[float, float]:
-        return sum(self.mins) / len(self.mins), sum(self.maxs) / len(self.maxs)
+        # float32 means of the float32 extremes, as the reference computes them (bit for bit).
+        mins = torch.tensor(self.mins, dtype=torch.float32).mean()
+        maxs = torch.tensor(self.maxs, dtype=torch.float32).mean()
+        return float(mins), float(maxs)
 
 
 class HistogramObserver:

@@ -1,8 +1,10 @@
 """The one verb: ``quantize(model, tokenizer, cfg)`` runs a recipe on a loaded float model.
 
-observe → anti-outlier → choose float layers → quantize weights → calibrate activations
-(measuring each quantized linear's SQNR). Each step returns what is worth logging; the result
-carries all of it, with one report row per linear.
+observe the float model (anti-outlier statistics, disable_threshold scores) → anti-outlier →
+observe the smoothed float model (range_param; KV-cache scales) → choose float layers → one
+running pass, layer by layer: quantize each layer's weights and calibrate its activations
+(measuring each quantized linear's SQNR) → KV-cache quantization. Each step returns what is
+worth logging; the result carries all of it, with one report row per linear.
 """
 
 from __future__ import annotations
@@ -20,15 +22,21 @@ from quant.anti_outlier import AntiOutlierReport, apply_anti_outlier, needs_stat
 from quant.arch import LM_HEAD, get_module, linear_names
 from quant.attention_quant import AttentionQuantCalibrator, use_quantized_attention
 from quant.calib import Batch, anti_calibration_batches, read_calib_texts, tokenize_texts
-from quant.calibrate import calibrate_activations
+from quant.calibrate import calibrate_model
 from quant.config import QuantConfig
 from quant.errors import QuantInputError
-from quant.fallback import level_fallback, names_fallback, threshold_fallback
+from quant.fallback import (
+    check_disable_names,
+    level_fallback,
+    names_fallback,
+    threshold_candidates,
+    threshold_fallback,
+)
 from quant.kv_cache import KVCacheCalibrator
-from quant.observe import InputStats, observe_layerwise, observe_linear_inputs
+from quant.observe import InputStats, observe_layerwise
 from quant.observers import observer_factory
 from quant.report import STATUS_FLOAT, LayerReport, build_layer_report
-from quant.schemes import check_shapes, quantize_linears
+from quant.schemes import check_shapes
 
 __all__ = ["LayerReport", "QuantResult", "Smoothing", "calibration_batches", "quantize", "smooth", "smoothing_settings"]
 
@@ -103,37 +111,58 @@ def observed_linears(model: nn.Module, cfg: QuantConfig) -> list[str]:
 def observe_float_model(model: nn.Module, batches: Sequence[Batch], cfg: QuantConfig) -> dict[str, InputStats]:
     """The float model's input statistics that ``quantize(..., anti_stats=...)`` accepts.
 
-    They depend only on the model, the batches and ``disable_last_linear`` (not on the anti-outlier
-    method, act_method or disable_level), so a sweep may compute them once for many recipes.
+    Over the anti-outlier data, one decoder layer at a time: every observed linear's
+    :class:`InputStats`, and with ``disable_threshold`` > 0 each one's threshold score (SPEC §5:
+    before anti-outlier, on the float model). Without a threshold they depend only on the model,
+    the batches and ``disable_last_linear`` (not on the anti-outlier method, act_method or
+    disable_level), so a sweep may compute them once for many recipes.
     """
-    return observe_linear_inputs(model, batches, observed_linears(model, cfg))
+    names = observed_linears(model, cfg)
+    return observe_layerwise(model, batches, names, scored=names if cfg.disable_threshold > 0 else ())
 
 
-def choose_float_layers(cfg: QuantConfig, names: Sequence[str], stats: Mapping[str, InputStats]) -> dict[str, str]:
-    """Linears kept in float, with the reason: names (or defaults), last linear, threshold, level."""
-    float_layers = names_fallback(cfg.disable_names, cfg.model_type, cfg.a_bit, names)
+def needs_float_observation(cfg: QuantConfig) -> bool:
+    """Whether :func:`smooth` observes the float model: for the method's statistics or the threshold scores."""
+    return needs_statistics(anti_outlier_choice(cfg)[0]) or cfg.disable_threshold > 0
+
+
+def choose_float_layers(
+    cfg: QuantConfig,
+    names: Sequence[str],
+    stats: Mapping[str, InputStats],
+    threshold_scores: Mapping[str, float | None] | None = None,
+) -> dict[str, str]:
+    """Linears kept in float, with the reason: names (or defaults), last linear, threshold, level.
+
+    ``stats``: the smoothed model's statistics (range_param); ``threshold_scores``: the float
+    model's threshold scores. With ``disable_threshold`` > 0 the names are candidates, not float
+    layers (SPEC §5, as the reference): the user's disable_names, else every down_proj, and only
+    those scoring above t stay float, with lm_head; the model_type's defaults are not used.
+    """
+    float_layers: dict[str, str] = {}
+    if cfg.disable_threshold <= 0:
+        float_layers = names_fallback(cfg.disable_names, cfg.model_type, cfg.a_bit, names)
+    elif cfg.disable_names:
+        check_disable_names(cfg.disable_names, names)
     if cfg.quant_type == "FLOAT":
         float_layers.update({n: "w_bit 16: no quantization" for n in names if n not in float_layers})
     if cfg.disable_last_linear:
         float_layers.setdefault(LM_HEAD, "disable_last_linear")
-    scores = {n: s.quantile_score for n, s in stats.items()}
-    float_layers.update(threshold_fallback(cfg.disable_threshold, scores, list(float_layers)))
+    candidates = threshold_candidates(cfg.disable_names, names)
+    float_layers.update(
+        threshold_fallback(cfg.disable_threshold, threshold_scores or {}, candidates, list(float_layers))
+    )
     range_params = {n: stats[n].range_param for n in names if n in stats}
     float_layers.update(level_fallback(cfg.disable_level_count, range_params, list(float_layers)))
     return float_layers
 
 
-def _cache_and_attention_calibrators(
-    model: nn.Module, cfg: QuantConfig
-) -> dict[str, KVCacheCalibrator | AttentionQuantCalibrator]:
-    """The calibrators of KV-cache and attention quantization this recipe asks for (SPEC §4)."""
-    calibrators: dict[str, KVCacheCalibrator | AttentionQuantCalibrator] = {}
-    if cfg.use_kvcache_quant:
-        calibrators["kv_cache"] = KVCacheCalibrator()
-    if cfg.use_fa_quant:
-        use_quantized_attention(model)
-        calibrators["attention_quant"] = AttentionQuantCalibrator(fa_amp=cfg.fa_amp)
-    return calibrators
+def _attention_calibrator(model: nn.Module, cfg: QuantConfig) -> AttentionQuantCalibrator | None:
+    """The attention-quantization calibrator this recipe asks for (SPEC §4), installed on the model."""
+    if not cfg.use_fa_quant:
+        return None
+    use_quantized_attention(model)
+    return AttentionQuantCalibrator(fa_amp=cfg.fa_amp)
 
 
 def _untie_lm_head(model: nn.Module) -> None:
@@ -146,12 +175,19 @@ def _untie_lm_head(model: nn.Module) -> None:
 
 @dataclass
 class Smoothing:
-    """What :func:`smooth` did to a float model: the anti-outlier transform (SPEC §3) and the input
-    statistics of every observed linear afterwards, on the first calibration batches (SPEC §5)."""
+    """What :func:`smooth` did to a float model and measured around it.
+
+    ``anti_outlier``: the transform (SPEC §3). ``post_stats``: the smoothed model's input
+    statistics on the first calibration batches (range_param, SPEC §5). ``threshold_scores``: the
+    float model's down_proj ``disable_threshold`` scores over the anti-outlier data (None when
+    not observed). ``kv_cache``: the KV-cache scales measured on the smoothed float model.
+    """
 
     anti_outlier: AntiOutlierReport
     post_stats: dict[str, InputStats]
     timings: dict[str, float] = field(default_factory=dict)
+    threshold_scores: dict[str, float | None] | None = None
+    kv_cache: KVCacheCalibrator | None = None
 
 
 # Recipe fields used only after smoothing: recipes that differ in nothing else share one smooth().
@@ -167,8 +203,11 @@ AFTER_SMOOTHING_FIELDS = (
 
 
 def smoothing_settings(cfg: QuantConfig) -> dict[str, Any]:
-    """The recipe fields :func:`smooth` may depend on (every field not in AFTER_SMOOTHING_FIELDS)."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in AFTER_SMOOTHING_FIELDS}
+    """What :func:`smooth` depends on: every field not in AFTER_SMOOTHING_FIELDS, and whether it
+    must observe the threshold scores (any ``disable_threshold`` > 0 shares one smoothing)."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in AFTER_SMOOTHING_FIELDS}
+    settings["threshold_scores"] = cfg.disable_threshold > 0
+    return settings
 
 
 def anti_outlier_choice(cfg: QuantConfig) -> tuple[str, dict[str, Any]]:
@@ -183,7 +222,8 @@ def smooth(
     anti_stats: dict[str, InputStats] | None = None,
     anti_batches: Sequence[Batch] | None = None,
 ) -> Smoothing:
-    """Apply the recipe's anti-outlier method to ``model`` in place, then observe the linears' inputs.
+    """Apply the recipe's anti-outlier method to ``model`` in place, observing the float model before
+    and the smoothed float model after it.
 
     ``anti_batches``: the anti-outlier data (:func:`anti_outlier_batches`; default ``batches``).
     ``anti_stats`` (from :func:`observe_float_model` over them) may be given to reuse a sweep's pass.
@@ -192,8 +232,12 @@ def smooth(
     anti_method, anti_params = anti_outlier_choice(cfg)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    if needs_statistics(anti_method) and anti_stats is None:
-        anti_stats = observe_float_model(model, anti_batches, cfg)
+    threshold_scores = None
+    if needs_float_observation(cfg):
+        scored = observed_linears(model, cfg) if cfg.disable_threshold > 0 else []
+        if anti_stats is None or any(anti_stats[n].quantile_score is None for n in scored):
+            anti_stats = observe_float_model(model, anti_batches, cfg)
+        threshold_scores = {n: anti_stats[n].quantile_score for n in scored} if scored else None
     timings["observe_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -209,9 +253,14 @@ def smooth(
     timings["anti_outlier_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    post_stats = observe_layerwise(model, batches[:RANGE_PARAM_BATCHES], observed_linears(model, cfg))
+    post_stats = observe_layerwise(model, batches[:RANGE_PARAM_BATCHES], observed_linears(model, cfg), scored=())
     timings["range_param_s"] = time.perf_counter() - t
-    return Smoothing(anti_report, post_stats, timings)
+    kv_cache = None
+    if cfg.use_kvcache_quant:
+        t = time.perf_counter()
+        kv_cache = KVCacheCalibrator().observe(model, batches)
+        timings["kv_cache_s"] = time.perf_counter() - t
+    return Smoothing(anti_report, post_stats, timings, threshold_scores, kv_cache)
 
 
 def quantize(
@@ -244,7 +293,9 @@ def quantize(
     anti_report, post_stats = smoothing.anti_outlier, smoothing.post_stats
 
     t = time.perf_counter()
-    float_layers = choose_float_layers(cfg, names, post_stats)
+    if cfg.disable_threshold > 0 and smoothing.threshold_scores is None:
+        raise ValueError("disable_threshold needs Smoothing.threshold_scores (smooth() with disable_threshold > 0)")
+    float_layers = choose_float_layers(cfg, names, post_stats, smoothing.threshold_scores)
     timings["fallback_s"] = time.perf_counter() - t
     for name, reason in float_layers.items():
         log.info("keeping %s in float: %s", name, reason)
@@ -254,28 +305,36 @@ def quantize(
     check_shapes(model, quantized, cfg)
     if LM_HEAD in quantized:
         _untie_lm_head(model)
-    float_linears = {n: get_module(model, n) for n in quantized}  # kept for the SQNR measurement
-    weight_sqnr = quantize_linears(model, quantized, cfg)
-    timings["quantize_weights_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
     range_params = {n: s.range_param for n, s in post_stats.items()}
-    calibrators = _cache_and_attention_calibrators(model, cfg)
-    outcome = calibrate_activations(
+    attention = _attention_calibrator(model, cfg)
+    outcome = calibrate_model(
         model,
         batches,
+        quantized,
+        cfg,
         observer_factory(cfg.act_method, range_params),
-        float_linears,
-        watchers=[c.watch for c in calibrators.values()],
+        watchers=[attention.watch] if attention else [],
     )
-    del float_linears  # the float copies were kept only for the SQNR measurement
-    if "attention_quant" in calibrators:
-        calibrators["attention_quant"].keep_float(model)
+    scheme_reports: dict[str, Any] = {}
+    if attention is not None:
+        attention.keep_float(model)
+        scheme_reports["attention_quant"] = attention.report()
+    if smoothing.kv_cache is not None:
+        smoothing.kv_cache.apply(model)
+        scheme_reports["kv_cache"] = smoothing.kv_cache.report()
     timings["calibrate_s"] = time.perf_counter() - t
 
     layers = [
         build_layer_report(
-            model, n, float_layers, post_stats, outcome.ranges, outcome.sqnr_db, anti_report.input_scales, weight_sqnr
+            model,
+            n,
+            float_layers,
+            post_stats,
+            outcome.ranges,
+            outcome.sqnr_db,
+            anti_report.input_scales,
+            outcome.weight_sqnr_db,
+            smoothing.threshold_scores,
         )
         for n in names
     ]
@@ -288,5 +347,5 @@ def quantize(
         timings=timings,
         calib_batches=len(batches),
         calib_tokens=sum(int(b["input_ids"].numel()) for b in batches),
-        scheme_reports={name: c.report() for name, c in calibrators.items()},
+        scheme_reports=scheme_reports,
     )

@@ -162,17 +162,20 @@ def _as_int8(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> Quan
     return QuantizedWeight(q.to(torch.int8), scale.contiguous(), offset.contiguous())
 
 
+W4A8_STAGE1_MAX = 119  # stage 1 maps max|W_row| to 119, not 127 (SPEC §4 [exact])
+
+
 @dataclass
 class TwoStageWeight:
     """W4A8_DYNAMIC weights: per-channel int8, then per-group int4 on those integers.
 
-    ``W ≈ q4 · scale_second · scale`` (offsets zero): ``scale`` (out, 1) maps int8 to float,
-    ``scale_second`` (out, in / group_size) maps the int4 values to the int8 integers.
+    ``W ≈ q4 · scale_second · scale`` (offsets zero): ``scale`` (out, 1) maps the stage-1 integers
+    to float, ``scale_second`` (out, in / group_size) holds integers mapping int4 to them.
     """
 
     q4: torch.Tensor  # int8 holding int4 values (out, in)
     scale: torch.Tensor  # float32 (out, 1)
-    scale_second: torch.Tensor  # float32 (out, groups)
+    scale_second: torch.Tensor  # float32 (out, groups), integer-valued
 
     def dequantize(self) -> torch.Tensor:
         zeros = torch.zeros_like(self.scale_second)
@@ -180,10 +183,32 @@ class TwoStageWeight:
 
 
 def quantize_weight_two_stage(weight: torch.Tensor, group_size: int) -> TwoStageWeight:
-    """Stage 1: symmetric per-channel int8; stage 2: symmetric per-group int4 of the int8 values."""
-    first = quantize_weight(weight, bits=8, symmetric=True)
-    second = quantize_weight(first.q.float(), bits=4, symmetric=True, group_size=group_size)
-    return TwoStageWeight(second.q, first.scale, second.scale)
+    """The reference's two stages (SPEC §4 [exact]).
+
+    Stage 1: ``s1 = max|W_row| / 119``, ``q8 = clamp(round(W / s1), −119, 119)``. Stage 2, per group
+    of ``group_size`` inputs: ``s2 = round(max|q8_group| / 7)`` (an integer; at least 1, so an
+    all-zero group stays zero), ``q4 = clamp(round(q8 / s2), −8, 7)``.
+    """
+    w = weight.detach().float()  # (out, in)
+    out, cols = w.shape
+    s1 = (w.abs().amax(dim=1, keepdim=True) / W4A8_STAGE1_MAX).clamp(min=_EPS)  # (out, 1)
+    q8 = torch.clamp(torch.round(w / s1), -W4A8_STAGE1_MAX, W4A8_STAGE1_MAX)
+    groups = q8.view(out, cols // group_size, group_size)  # (out, groups, group_size)
+    s2 = torch.round(groups.abs().amax(dim=2) / 7).clamp(min=1)  # (out, groups)
+    q4 = torch.clamp(torch.round(groups / s2.unsqueeze(2)), -8, 7).reshape(out, cols)
+    return TwoStageWeight(q4.to(torch.int8), s1.contiguous(), s2.contiguous())
+
+
+def scale_bias(two_stage: TwoStageWeight, chunks: int) -> torch.Tensor:
+    """W4A8_DYNAMIC's ``scale_bias`` (out, chunks) [exact]: ``8 · bf16(s1) · Σ_{k∈chunk} q4 · s2``.
+
+    Columns are cut into ``chunks`` equal chunks; the stage-1 scale is rounded to bfloat16.
+    """
+    out, cols = two_stage.q4.shape
+    group_size = cols // two_stage.scale_second.shape[1]
+    integers = two_stage.q4.float() * two_stage.scale_second.repeat_interleave(group_size, dim=1)  # (out, in)
+    sums = integers.view(out, chunks, cols // chunks).sum(dim=2)  # (out, chunks)
+    return 8 * two_stage.scale.to(torch.bfloat16).float() * sums
 
 
 # -- activations -----------------------------------------------------------------------

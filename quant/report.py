@@ -21,8 +21,9 @@ STATUS_QUANTIZED, STATUS_FLOAT = "quantized", "float"
 class LayerReport:
     """One linear's outcome: quantized or kept float (and why), its statistics, scales and error.
 
-    ``range_param`` / ``quantile_score``: the float-fallback scores of its input (SPEC §5), after
-    anti-outlier, on the first calibration batches. ``smooth_scale_*``: the anti-outlier scales
+    ``range_param``: the disable_level score of its input (SPEC §5), after anti-outlier, on the
+    first calibration batches. ``quantile_score``: the disable_threshold score (down_proj only),
+    before anti-outlier on the anti-outlier data, when it was computed. ``smooth_scale_*``: the anti-outlier scales
     on its input columns. ``sqnr_db``: its output against the float linear's on the same
     calibration inputs (None for float layers; None in JSON when infinite).
     """
@@ -59,6 +60,7 @@ def build_layer_report(
     sqnr: Mapping[str, float],
     smooth_scales: Mapping[str, torch.Tensor],
     weight_sqnr: Mapping[str, float] | None = None,
+    threshold_scores: Mapping[str, float | None] | None = None,
 ) -> LayerReport:
     """The report row of linear ``name`` from what the pipeline's steps returned."""
     observed = stats.get(name)
@@ -67,7 +69,7 @@ def build_layer_report(
         STATUS_FLOAT if name in float_layers else STATUS_QUANTIZED,
         float_layers.get(name, ""),
         range_param=observed.range_param if observed else None,
-        quantile_score=observed.quantile_score if observed else None,
+        quantile_score=(threshold_scores or {}).get(name),
         sqnr_db=sqnr.get(name),
         weight_sqnr_db=(weight_sqnr or {}).get(name),
     )

@@ -12,7 +12,14 @@ from quant.calib import check_input_names, read_anti_calib_file, read_calib_text
 from quant.config import DEFAULT_ATTENTION_MASK_NAME, DEFAULT_INPUT_IDS_NAME, QuantConfig
 from quant.device import resolve_device
 from quant.errors import QuantInputError
-from quant.export import LAYER_REPORT_FILE, RECIPE_FILE, SavedOutput, check_save_directory, save_quantized
+from quant.export import (
+    LAYER_REPORT_FILE,
+    RECIPE_FILE,
+    SavedOutput,
+    check_save_directory,
+    mindie_quantization_config,
+    save_quantized,
+)
 from quant.fallback import check_disable_names
 from quant.model_io import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_model_source
 from quant.pipeline import QuantResult, quantize
@@ -59,6 +66,7 @@ def save_result(result: QuantResult, loaded: LoadedModel, save_directory: str, o
         overwrite=overwrite,
         part_file_size=result.config.part_file_size,
         mindie_format=result.config.mindie_format,
+        config_updates=mindie_quantization_config(result.config) if result.config.mindie_format else None,
     )
 
 

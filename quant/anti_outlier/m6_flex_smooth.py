@@ -31,11 +31,18 @@ from quant.quantizers import fake_quantize_activation_per_tensor, fake_quantize_
 FLEX_PAIRS = NORM_PAIRS + tuple(p for p in LINEAR_PAIRS if not any(n.endswith("o_proj") for n in p.nexts))
 
 
-def flex_error(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, reference: torch.Tensor) -> float:
+def reference_rms(reference: torch.Tensor) -> torch.Tensor:
+    """``RMS(x·Wᵀ)``, the denominator of :func:`flex_error` (computed once per pair)."""
+    return reference.pow(2).mean().sqrt().clamp(min=1e-30)
+
+
+def flex_error(
+    x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, reference: torch.Tensor, rms_ref: torch.Tensor
+) -> float:
     """``RMS(Q_a(x/s)·Q_w(W·s)ᵀ − x·Wᵀ) / RMS(x·Wᵀ)`` with int8 quantizers (see module docstring)."""
     approx = fake_quantize_activation_per_tensor(x / scales) @ fake_quantize_weight(weight * scales, 8, True).T
-    rms_ref = reference.pow(2).mean().sqrt().clamp(min=1e-30)
-    return float((approx - reference).pow(2).mean().sqrt() / rms_ref)
+    diff = approx.sub_(reference)  # (tokens, Σ out), in place: the product is not needed again
+    return float(diff.mul_(diff).mean().sqrt() / rms_ref)
 
 
 def _argmin(grid: list[float], error_of: Callable[[float], float]) -> tuple[float, float]:
@@ -52,11 +59,12 @@ def flex_smooth_transform(ctx: PairContext) -> PairTransform:
     x = ctx.inputs  # (tokens, in): every token of every batch
     weight = ctx.stacked_weight()
     reference = x @ weight.T  # (tokens, Σ out)
+    rms_ref = reference_rms(reference)
     amax = x.abs().amax(dim=0)
     wmax = ctx.weight_column_absmax()
 
     def error_at(alpha: float, beta: float) -> float:
-        return flex_error(x, weight, migration_scales(amax, wmax, alpha, beta), reference)
+        return flex_error(x, weight, migration_scales(amax, wmax, alpha, beta), reference, rms_ref)
 
     alphas = [i / int(ctx.params["alpha_steps"]) for i in range(int(ctx.params["alpha_steps"]) + 1)]
     alpha, error = _argmin(alphas, lambda a: error_at(a, 1 - a))

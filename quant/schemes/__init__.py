@@ -21,7 +21,7 @@ from quant.quantizers import sqnr_db
 from quant.schemes.dynamic import DynamicLinear
 from quant.schemes.spec import LinearSpec, linear_spec
 from quant.schemes.static import StaticActLinear, pdmix_phase
-from quant.schemes.w4a8_dynamic import W4A8DynamicLinear
+from quant.schemes.w4a8_dynamic import ROW_PARALLEL_SCALE_BIAS_CHUNKS, W4A8DynamicLinear
 from quant.schemes.weight_only import WeightOnlyLinear
 
 SCHEMES: dict[str, type[QuantLinear]] = {
@@ -45,6 +45,7 @@ __all__ = [
     "linear_spec",
     "module_from_saved",
     "pdmix_phase",
+    "quantize_linear",
     "quantize_linears",
 ]
 
@@ -68,18 +69,28 @@ def check_shapes(model: nn.Module, names: Sequence[str], cfg: QuantConfig) -> No
             )
         if spec.quant_type == "W4A8_DYNAMIC" and n % 2:
             raise QuantInputError("w_bit", f"4 (W4A8_DYNAMIC) packs pairs of rows; {name} has {n} output rows (odd)")
+        if spec.quant_type == "W4A8_DYNAMIC" and spec.row_parallel and k % ROW_PARALLEL_SCALE_BIAS_CHUNKS:
+            raise QuantInputError(
+                "w_bit",
+                f"4 (W4A8_DYNAMIC) cuts a row-parallel layer's scale_bias into {ROW_PARALLEL_SCALE_BIAS_CHUNKS} "
+                f"column chunks; in_features {k} of {name} is not divisible by it",
+            )
+
+
+def quantize_linear(linear: nn.Linear, cfg: QuantConfig, name: str) -> tuple[QuantLinear, float]:
+    """The scheme module of linear ``name`` (its full name) under ``cfg``, and its weight's SQNR in dB."""
+    spec = linear_spec(cfg, name)
+    with torch.no_grad():
+        module = SCHEMES[spec.quant_type].from_float(linear, spec)
+        return module, sqnr_db(linear.weight, module.dequantized_weight())
 
 
 def quantize_linears(model: nn.Module, names: Sequence[str], cfg: QuantConfig) -> dict[str, float]:
     """Replace each named linear by its scheme's module; returns each weight's SQNR in dB."""
     sqnr: dict[str, float] = {}
-    with torch.no_grad():
-        for name in names:
-            linear = get_module(model, name)
-            spec = linear_spec(cfg, name)
-            module = SCHEMES[spec.quant_type].from_float(linear, spec)
-            sqnr[name] = sqnr_db(linear.weight, module.dequantized_weight())
-            set_module(model, name, module)
+    for name in names:
+        module, sqnr[name] = quantize_linear(get_module(model, name), cfg, name)
+        set_module(model, name, module)
     return sqnr
 
 

@@ -39,6 +39,7 @@ class LinearSpec:
     outlier_fraction: float | None = None
     outlier_sigma: float | None = None
     act_shards: int = 1  # tp_size for row-parallel layers of TP_SHARDED_TYPES, else 1
+    row_parallel: bool = False  # o_proj / down_proj: their input is split under tensor parallelism
 
     @property
     def outlier_protected(self) -> bool:
@@ -80,4 +81,5 @@ def linear_spec(cfg: QuantConfig, name: str) -> LinearSpec:
         outlier_fraction=cfg.fraction if protected and not cfg.use_sigma else None,
         outlier_sigma=cfg.sigma_factor if protected and cfg.use_sigma else None,
         act_shards=cfg.tp_size if qtype in TP_SHARDED_TYPES and is_row_parallel(name) else 1,
+        row_parallel=is_row_parallel(name),
     )

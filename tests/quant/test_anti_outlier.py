@@ -12,8 +12,8 @@ from torch import nn
 from quant.anti_outlier import REGISTRY, apply_anti_outlier, check_anti_params, get_method, needs_statistics
 from quant.anti_outlier.base import PairContext
 from quant.anti_outlier.m3_awq import awq_scales, awq_transform
-from quant.anti_outlier.m5_cbq import otsu_threshold
-from quant.anti_outlier.m6_flex_smooth import flex_error, flex_smooth_transform
+from quant.anti_outlier.m5_cbq import split_gap_minus_spread
+from quant.anti_outlier.m6_flex_smooth import flex_error, flex_smooth_transform, reference_rms
 from quant.arch import NORM_PAIRS, linear_names
 from quant.calib import tokenize_texts
 from quant.errors import QuantInputError
@@ -89,30 +89,31 @@ def test_m1_scales_match_formula(tiny_tokenizer):
     assert torch.allclose(layer.input_layernorm.weight, norm_before / expected, rtol=1e-6)
 
 
-def test_m2_shift_and_outlier_scales_match_formula(tiny_tokenizer):
+def test_m2_scales_outlier_channels_and_applies_no_shift(tiny_tokenizer):
+    """SPEC §3: selected channels get sqrt(thres / wmax), thres = cmax − (cmax + cmin)/2; the shift is
+    not applied, so the norm bias stays zero and no linear gains a bias."""
     model = build_tiny_llama("llama2")
     layer = model.model.layers[0]
     batches = tokenize_texts(tiny_tokenizer, TEXTS)
     per_batch = _capture(model, layer.post_attention_layernorm, batches)
     x = torch.cat(per_batch)
     cmax, cmin = x.amax(dim=0), x.amin(dim=0)
-    shift = (cmax + cmin) / 2
     outlier = torch.zeros_like(cmax, dtype=torch.bool)
     for xb in per_batch:  # |x - mean| > 7 std in any batch, mean/std over the whole batch
         outlier |= ((xb - xb.mean()).abs() > 7 * xb.std()).any(dim=0)
     assert 0 < int(outlier.sum()) < x.shape[1], "the tiny model must have a few outlier channels"
     w_gate, w_up = layer.mlp.gate_proj.weight.detach().clone(), layer.mlp.up_proj.weight.detach().clone()
     wmax = torch.cat([w_gate, w_up]).abs().amax(dim=0)
-    expected = torch.where(outlier, ((cmax - shift) / wmax).sqrt(), torch.ones_like(cmax))
+    expected = torch.where(outlier, ((cmax - (cmax + cmin) / 2) / wmax).sqrt(), torch.ones_like(cmax))
     norm_w = layer.post_attention_layernorm.weight.detach().clone()
 
     report = _smooth(model, tiny_tokenizer, "m2")
     name = "model.layers.0.post_attention_layernorm"
     assert torch.allclose(report.scales[name], expected, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(report.shifts[name], shift, rtol=1e-5, atol=1e-6)
+    assert report.shifts == {}
     assert torch.allclose(layer.post_attention_layernorm.weight, norm_w / expected, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(layer.post_attention_layernorm.bias, -shift / expected, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(layer.mlp.up_proj.bias, w_up @ shift, rtol=1e-5, atol=1e-6)
+    assert torch.equal(layer.post_attention_layernorm.bias, torch.zeros_like(norm_w))
+    assert not any(lin.bias is not None for lin in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.self_attn.q_proj))
     assert torch.allclose(layer.mlp.up_proj.weight, w_up * expected, rtol=1e-5, atol=1e-6)
 
 
@@ -181,25 +182,26 @@ def test_m4_norm_pair_scales_match_formula(tiny_tokenizer):
     assert torch.allclose(report.scales["model.layers.0.post_attention_layernorm"], expected, rtol=1e-5)
 
 
-def _otsu_brute_force(values: list[float]) -> float:
-    """Otsu by enumeration: the split of sorted values with the largest between-class variance."""
-    ordered = sorted(values)
-    best, threshold = -1.0, ordered[0]
-    for k in range(1, len(ordered)):
-        if ordered[k] == ordered[k - 1]:
-            continue
-        low, high = ordered[:k], ordered[k:]
-        m0, m1 = sum(low) / len(low), sum(high) / len(high)
-        between = len(low) * len(high) / len(ordered) ** 2 * (m0 - m1) ** 2
-        if between > best:
-            best, threshold = between, ordered[k - 1]
-    return threshold
+def _gap_split_by_enumeration(extremes: list[float], fewer_first: bool) -> int:
+    """Independent: every split k (outer = first k), metric |outer[k-1] − inner[0]| − var(inner)."""
+    scored = []
+    for k in range(1, len(extremes)):
+        inner = extremes[k:]
+        mean = sum(inner) / len(inner)
+        var = sum((v - mean) ** 2 for v in inner) / (len(inner) - 1) if len(inner) > 1 else 0.0
+        scored.append((abs(extremes[k - 1] - inner[0]) - var, k))
+    ordered = scored if fewer_first else scored[::-1]
+    return max(ordered, key=lambda item: item[0])[1]  # max keeps the first of equal maxima
 
 
-def test_otsu_threshold_matches_enumeration():
-    values = torch.tensor([0.1, 0.3, 0.2, 5.0, 0.25, 4.0, 0.15, 9.0, 0.3])
-    assert otsu_threshold(values) == pytest.approx(_otsu_brute_force(values.tolist()))
-    assert otsu_threshold(torch.ones(5)) == 1.0  # no split between equal values: nothing above
+def test_gap_split_matches_enumeration_and_the_search_order_on_ties():
+    values = torch.tensor([9.0, 5.0, 4.0, 0.3, 0.3, 0.25, 0.2])  # sorted from the most extreme inwards
+    for fewer_first in (True, False):
+        expected = _gap_split_by_enumeration(values.tolist(), fewer_first)
+        assert split_gap_minus_spread(values, fewer_first) == expected
+    tie = torch.tensor([8.0, 4.0, 2.0])  # k = 1: 4 − var(4, 2) = 2; k = 2: 2 − 0 = 2
+    assert split_gap_minus_spread(tie, fewer_first=True) == 1
+    assert split_gap_minus_spread(tie, fewer_first=False) == 2
 
 
 def test_m5_scales_match_formula(tiny_tokenizer):
@@ -207,13 +209,19 @@ def test_m5_scales_match_formula(tiny_tokenizer):
     layer = model.model.layers[0]
     x = torch.cat(_capture(model, layer.input_layernorm, tokenize_texts(tiny_tokenizer, TEXTS)))
 
-    def side(v):  # independent: numpy-style quantiles, enumerated Otsu
+    def outliers(v, positive):  # independent: IQR fence, then the enumerated gap split
         q20, q80 = float(torch.quantile(v, 0.2)), float(torch.quantile(v, 0.8))
-        out = (v > q80 + 1.5 * (q80 - q20)) & (v > _otsu_brute_force(v.tolist()))
-        return torch.where(out, (v / v[~out].max()).pow(0.7), torch.ones_like(v)), out
+        fence = q80 + 1.5 * (q80 - q20) if positive else q20 - 1.5 * (q80 - q20)
+        beyond = [float(t) for t in v if (t > fence if positive else t < fence)]
+        if len(beyond) > 1:
+            extremes = sorted(beyond, reverse=positive)
+            fence = extremes[_gap_split_by_enumeration(extremes, fewer_first=positive)]
+        return v > fence if positive else v < fence
 
-    pos, pos_out = side(x.amax(dim=0).clamp(min=0))
-    neg, _ = side((-x.amin(dim=0)).clamp(min=0))
+    cmax, cmin = x.amax(dim=0), x.amin(dim=0)
+    pos_out, neg_out = outliers(cmax, True), outliers(cmin, False)
+    pos = torch.where(pos_out, (cmax / cmax[~pos_out].max()).pow(0.7), torch.ones_like(cmax))
+    neg = torch.where(neg_out, (cmin / cmin[~neg_out].min()).pow(0.7), torch.ones_like(cmin))
     assert 0 < int(pos_out.sum()) < 8, "the tiny model's boosted channels must be found as outliers"
     report = _smooth(model, tiny_tokenizer, "m5")
     assert torch.allclose(report.scales["model.layers.0.input_layernorm"], torch.maximum(pos, neg), rtol=1e-5)
@@ -233,7 +241,7 @@ def test_m6_error_formula_matches_independent_int8_arithmetic():
     w_q = (ws / w_scale).round().clamp(-127, 127) * w_scale
     ref = x @ w.T
     expected = ((x_q @ w_q.T - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item()
-    assert flex_error(x, w, s, ref) == pytest.approx(expected, rel=1e-4)
+    assert flex_error(x, w, s, ref, reference_rms(ref)) == pytest.approx(expected, rel=1e-4)
 
 
 def test_m6_search_finds_the_exactly_quantizable_alpha_beta():

@@ -70,36 +70,51 @@ def test_disable_last_linear_false_quantizes_lm_head(tiny_tokenizer):
     assert head.status == "quantized" and head.sqnr_db is not None and head.range_param is not None
 
 
-def _independent_quantile_score(values: np.ndarray) -> float:
-    ordered = np.sort(values.reshape(-1))
-    sample = ordered[50::100] if ordered.size > 50 else ordered
+def _independent_quantile_score(batches: list[np.ndarray]) -> float:
+    """Each batch sorted and sampled [50::100] alone (all values below 100); over the pooled sample:
+    2·max|s|/254 / (q75 − q25 + 1e-10)."""
+    samples = []
+    for values in batches:
+        ordered = np.sort(values.reshape(-1))
+        samples.append(ordered if ordered.size < 100 else ordered[50::100])
+    sample = np.concatenate(samples)
     q25, q75 = np.percentile(sample, [25, 75])
-    return float(2 * np.abs(values).max() / 254 / (q75 - q25 + 1e-10))
+    return float(2 * np.abs(sample).max() / 254 / (q75 - q25 + 1e-10))
 
 
-@pytest.mark.parametrize("shape", [(300, 17), (1, 151), (30,), (7, 1234)])
-def test_quantile_score_matches_independent_numpy(shape):
-    x = torch.distributions.StudentT(torch.tensor(3.0)).sample(shape)
-    assert quantile_score(x) == pytest.approx(_independent_quantile_score(x.numpy().astype(np.float64)), rel=1e-5)
+@pytest.mark.parametrize("shapes", [[(300, 17)], [(1, 151)], [(30,)], [(7, 1234), (3, 99), (2, 500)]])
+def test_quantile_score_matches_independent_numpy(shapes):
+    batches = [torch.distributions.StudentT(torch.tensor(3.0)).sample(shape) for shape in shapes]
+    expected = _independent_quantile_score([b.numpy().astype(np.float64) for b in batches])
+    assert quantile_score(batches) == pytest.approx(expected, rel=1e-5)
 
 
-def test_disable_threshold_keeps_exactly_the_down_projs_scoring_above_it(tiny_tokenizer):
-    model = build_tiny_llama("llama2", num_layers=4)
-    # Independent scores: each down_proj's input over the first 5 calibration batches.
-    inputs = {i: [] for i in range(4)}
+def _down_proj_inputs(model, tokenizer, texts) -> dict[int, list[np.ndarray]]:
+    """Each down_proj's input per calibration batch, on the float model (independent hooks)."""
+    inputs: dict[int, list[np.ndarray]] = {i: [] for i in range(len(model.model.layers))}
     handles = [
-        layer.mlp.down_proj.register_forward_pre_hook(lambda _m, a, i=i: inputs[i].append(a[0].reshape(-1)))
+        layer.mlp.down_proj.register_forward_pre_hook(lambda _m, a, i=i: inputs[i].append(a[0].numpy().copy()))
         for i, layer in enumerate(model.model.layers)
     ]
     with torch.no_grad():
-        for text in TEXTS:
-            model(**tiny_tokenizer(text, return_tensors="pt"))
+        for text in texts:
+            model(**tokenizer(text, return_tensors="pt"))
     for h in handles:
         h.remove()
-    scores = {i: _independent_quantile_score(torch.cat(v).numpy().astype(np.float64)) for i, v in inputs.items()}
+    return inputs
+
+
+@pytest.mark.parametrize("anti_method", ["none", "m4"])
+def test_disable_threshold_keeps_exactly_the_down_projs_scoring_above_it(tiny_tokenizer, anti_method):
+    """SPEC §5: scores on the FLOAT model before anti-outlier (m4 rescales down_proj's input, so it
+    must not change them), over the anti-outlier data (here: every calibration batch); with a
+    threshold the model_type's default float layers (every down_proj for llama2) are not used."""
+    model = build_tiny_llama("llama2", num_layers=4)
+    inputs = _down_proj_inputs(model, tiny_tokenizer, TEXTS)
+    scores = {i: _independent_quantile_score(v) for i, v in inputs.items()}
     ranked = sorted(scores.values())
     threshold = (ranked[1] + ranked[2]) / 2  # two layers above, two below
-    result = _quantize(model, tiny_tokenizer, disable_threshold=threshold, disable_names=[])
+    result = _quantize(model, tiny_tokenizer, disable_threshold=threshold, anti_method=anti_method)
     by_name = {r.name: r for r in result.layers}
     for i, score in scores.items():
         row = by_name[f"model.layers.{i}.mlp.down_proj"]
@@ -108,3 +123,16 @@ def test_disable_threshold_keeps_exactly_the_down_projs_scoring_above_it(tiny_to
         if score > threshold:
             assert row.reason.startswith("disable_threshold")
     assert all(r.status == "quantized" for r in result.layers if "down_proj" not in r.name and r.name != "lm_head")
+
+
+def test_disable_threshold_judges_the_named_layers_instead_of_the_down_projs(tiny_tokenizer):
+    """With disable_names and a threshold, the names are the candidates: only those scoring above t
+    stay float (the reference's auto_layer_select over the given names)."""
+    model = build_tiny_llama("llama2", num_layers=2)
+    names = ["model.layers.0.self_attn.o_proj", "model.layers.1.mlp.up_proj"]
+    scored = _quantize(build_tiny_llama("llama2", num_layers=2), tiny_tokenizer, disable_threshold=1e-9)
+    scores = {n: r.quantile_score for r in scored.layers for n in names if r.name == n}
+    threshold = min(scores.values()) * 1.0000001  # the lower-scoring name stays quantized
+    result = _quantize(model, tiny_tokenizer, disable_threshold=threshold, disable_names=names)
+    floats = set(result.float_layers)
+    assert floats == {"lm_head", max(scores, key=scores.get)}

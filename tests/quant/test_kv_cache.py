@@ -5,10 +5,13 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from scheme_helpers import PROBE, calibration_inputs, last_logits_full_and_cached, quantize_tiny
+from scheme_helpers import CALIB_TEXTS, PROBE, calibration_inputs, last_logits_full_and_cached, quantize_tiny
 
+from quant.config import QuantConfig
 from quant.export import save_quantized
+from quant.pipeline import smooth
 from quant.reload import load_quantized
+from tiny_models import build_tiny_llama
 
 KV = ("k_proj", "v_proj")
 
@@ -35,12 +38,8 @@ def test_kv_tensors_match_spec(tmp_path, tiny_tokenizer, family, a_bit):
     assert not any(k.endswith("kv_cache_scale") for k in tensors if "q_proj" in k or "o_proj" in k)
 
 
-@pytest.mark.parametrize("family", ["llama2", "llama3"])
-def test_kv_scale_is_amax_over_127_of_pre_rope_projection_outputs(tiny_tokenizer, family):
-    with_kv = quantize_tiny(family, tiny_tokenizer, use_kvcache_quant=True).model
-    # Independent: the same recipe without KV quant (observation does not change calibration),
-    # its k_proj / v_proj outputs over the calibration batches, taken by plain forward hooks.
-    plain = quantize_tiny(family, tiny_tokenizer).model
+def _kv_amax(model, batches) -> dict[str, torch.Tensor]:
+    """Per-channel max |output| of every k_proj / v_proj over ``batches`` (plain forward hooks)."""
     amax: dict[str, torch.Tensor] = {}
 
     def record(name):
@@ -52,18 +51,34 @@ def test_kv_scale_is_amax_over_127_of_pre_rope_projection_outputs(tiny_tokenizer
 
     handles = [
         getattr(layer.self_attn, proj).register_forward_hook(record(f"{i}.{proj}"))
-        for i, layer in enumerate(plain.model.layers)
+        for i, layer in enumerate(model.model.layers)
         for proj in KV
     ]
     with torch.no_grad():
-        for batch in calibration_inputs(tiny_tokenizer):
-            plain(**batch)
+        for batch in batches:
+            model(**batch)
     for h in handles:
         h.remove()
+    return amax
+
+
+@pytest.mark.parametrize("family", ["llama2", "llama3"])
+def test_kv_scale_is_amax_over_127_of_the_smoothed_float_model(tiny_tokenizer, family):
+    """SPEC §4: measured on the smoothed FLOAT model (k/v outputs before RoPE, every token of every
+    calibration batch), not on the quantized calibration pass."""
+    with_kv = quantize_tiny(family, tiny_tokenizer, use_kvcache_quant=True).model
+    batches = calibration_inputs(tiny_tokenizer)
+    # Independent: the same float model smoothed by the same method (m1), observed by plain hooks.
+    smoothed = build_tiny_llama(family, num_layers=2)
+    smooth(smoothed, batches, QuantConfig(calib_texts=CALIB_TEXTS, anti_method="m1"))
+    amax = _kv_amax(smoothed, batches)
+    # What the quantized model itself would give: different, so the test tells the two apart.
+    quantized_amax = _kv_amax(quantize_tiny(family, tiny_tokenizer).model, batches)
     for i, layer in enumerate(with_kv.model.layers):
         for proj in KV:
             expected = amax[f"{i}.{proj}"] / 127
             assert torch.allclose(getattr(layer.self_attn, proj).kv_cache_scale, expected, rtol=1e-6, atol=0), (i, proj)
+    assert any(not torch.allclose(amax[k], quantized_amax[k], rtol=1e-6) for k in amax)
 
 
 def test_projection_output_is_fake_quantized_per_channel(tiny_tokenizer):

@@ -9,8 +9,7 @@ from safetensors.torch import load_file
 from quant.config import QuantConfig
 from quant.export import save_quantized
 from quant.pipeline import quantize
-from quant.qlinear import QuantLinear
-from quant.quantizers import activation_params, int64_bits_as_float
+from quant.quantizers import int64_bits_as_float
 from quant.reload import load_quantized
 from tiny_models import build_tiny_llama
 
@@ -103,28 +102,7 @@ def test_int_arithmetic_matches_fake_quant_forward(tiny_tokenizer):
     assert torch.allclose(layer(x).double(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_act_method_1_is_mean_of_batch_extremes_layer_by_layer(tiny_tokenizer):
-    model = build_tiny_llama("llama2")
-    _quantize(model, tiny_tokenizer, anti_method="m1")
-    # Independent: on the final quantized model each q_proj sees exactly what calibration saw
-    # (earlier layers fully quantized; q_proj is the first linear of its layer).
-    for i, layer in enumerate(model.model.layers):
-        q_proj = layer.self_attn.q_proj
-        assert isinstance(q_proj, QuantLinear)
-        mins, maxs = [], []
-
-        def record(_module, args, mins=mins, maxs=maxs):
-            mins.append(args[0].min())
-            maxs.append(args[0].max())
-
-        handle = q_proj.register_forward_pre_hook(record)
-        with torch.no_grad():
-            for text in TEXTS:
-                model(**tiny_tokenizer(text, return_tensors="pt"))
-        handle.remove()
-        scale, offset = activation_params(float(torch.stack(mins).mean()), float(torch.stack(maxs).mean()))
-        assert torch.allclose(q_proj.input_scale, scale, rtol=1e-5), i
-        assert torch.equal(q_proj.input_offset, offset), i
+# act_method 1 as the reference's running whole-model pass: tests/quant/test_running_calibration.py.
 
 
 def test_disable_level_takes_highest_range_params_ties_in_module_order(tiny_tokenizer):

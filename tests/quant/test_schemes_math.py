@@ -1,15 +1,17 @@
 """Scheme forwards against independent integer arithmetic: static W8A8/W8A8S (with tp_size
 shards), W8A8_DYNAMIC, W4A8_DYNAMIC, and the two paths of PDMix."""
 
+import contextlib
+
 import pytest
 import torch
 
-from quant.calibrate import MinMaxObserver, ShardedObserver, calibrate_activations
+from quant.calibrate import CalibratingLinear, MinMaxObserver, ShardedObserver, calibrate_model
 from quant.config import QuantConfig
 from quant.observers import observer_factory
 from quant.pipeline import quantize
 from quant.quantizers import int64_bits_as_float
-from quant.schemes import StaticActLinear, pdmix_phase, quantize_linears
+from quant.schemes import StaticActLinear, pdmix_phase
 from quant.schemes.spec import LinearSpec
 from tiny_models import build_tiny_llama, build_tiny_tokenizer
 
@@ -169,12 +171,25 @@ def test_float_operands_are_built_on_first_use_and_dropped_by_refresh():
     assert layer._shard_weights.numel() > 0 and layer._matmul_weight.numel() == 0
 
 
-def test_calibration_frees_each_float_copy_once_its_layer_is_measured():
+def test_calibration_quantizes_one_decoder_layer_at_a_time():
+    """The running pass holds one layer's float linears only: while layer i runs, the layers before
+    it are already quantized and the layers after it are still float."""
     model = build_tiny_llama("llama2")
     batches = [build_tiny_tokenizer()(t, return_tensors="pt") for t in TEXTS]
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "layers." in n]
-    float_linears = {n: model.get_submodule(n) for n in names}
-    quantize_linears(model, names, QuantConfig(calib_texts=TEXTS))
-    outcome = calibrate_activations(model, batches, observer_factory(1), float_linears)
-    assert float_linears == {}  # every decoder-layer float copy was released
-    assert set(outcome.sqnr_db) == set(names)  # after being measured
+    layers = model.model.layers
+    seen: list[list[set[str]]] = []
+
+    @contextlib.contextmanager
+    def watcher(_index, _layer):
+        seen.append([{type(m).__name__ for n, m in layer.named_modules() if n.endswith("_proj")} for layer in layers])
+        yield
+
+    outcome = calibrate_model(model, batches, names, QuantConfig(calib_texts=TEXTS), observer_factory(1), [watcher])
+    assert len(seen) == len(layers)
+    for i, kinds in enumerate(seen):
+        assert all(k == {"StaticActLinear"} for k in kinds[:i]), i
+        assert kinds[i] == {"CalibratingLinear"}, i
+        assert all(k == {"Linear"} for k in kinds[i + 1 :]), i
+    assert not any(isinstance(m, CalibratingLinear) for m in model.modules())
+    assert set(outcome.sqnr_db) == set(names) and set(outcome.ranges) == set(names)

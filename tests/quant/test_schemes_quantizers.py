@@ -13,6 +13,7 @@ from quant.quantizers import (
     quantize_weight,
     quantize_weight_outlier_protected,
     quantize_weight_two_stage,
+    scale_bias,
 )
 from quant.schemes.packing import pack_int4, unpack_int4
 
@@ -113,18 +114,32 @@ def test_outlier_protected_weights_keep_outliers_on_the_int4_grid():
 
 
 def test_two_stage_w4a8_weights():
+    """SPEC §4 [exact]: s1 = max|W_row| / 119, q8 in [−119, 119]; integer s2 = round(max|q8_group| / 7);
+    q4 = clamp(round(q8 / s2), −8, 7)."""
     w = _weights(cols=128)
     ts = quantize_weight_two_stage(w, group_size=32)
-    s1 = w.abs().amax(dim=1, keepdim=True) / 127
-    q1 = torch.round(w / s1)
-    s2 = q1.reshape(16, 4, 32).abs().amax(dim=2) / 7  # (out, groups), on the int8 integers
-    q2 = torch.round(q1.reshape(16, 4, 32) / s2.unsqueeze(2)).reshape(16, 128)
-    assert torch.allclose(ts.scale, s1) and torch.allclose(ts.scale_second, s2)
-    assert torch.equal(ts.q4.float(), q2)
-    assert int(ts.q4.abs().max()) <= 7
-    # |W - q4·s2·s1| <= s1/2 (stage 1) + s1·s2/2 (stage 2).
+    s1 = w.abs().amax(dim=1, keepdim=True) / 119
+    q8 = torch.round(w / s1).clamp(-119, 119)
+    s2 = torch.round(q8.reshape(16, 4, 32).abs().amax(dim=2) / 7)  # (out, groups), integers
+    q4 = torch.round(q8.reshape(16, 4, 32) / s2.unsqueeze(2)).clamp(-8, 7).reshape(16, 128)
+    assert torch.equal(ts.scale, s1) and torch.equal(ts.scale_second, s2)
+    assert torch.equal(ts.scale_second, ts.scale_second.round())
+    assert torch.equal(ts.q4.float(), q4)
+    assert int(ts.q4.min()) >= -8 and int(ts.q4.max()) <= 7
+    # |W - q4·s2·s1| <= s1/2 (stage 1) + s1·s2/2 (stage 2), except where the int4 clamp bites.
     bound = s1 / 2 + s1 * s2.repeat_interleave(32, dim=1) / 2
-    assert ((ts.dequantize() - w).abs() <= bound + 1e-6).all()
+    unclamped = (torch.round(q8.reshape(16, 4, 32) / s2.unsqueeze(2)).reshape(16, 128)).abs() <= 7
+    assert ((ts.dequantize() - w).abs() <= bound + 1e-6)[unclamped].all()
+
+
+def test_scale_bias_is_eight_bf16_s1_times_chunk_sums():
+    w = _weights(cols=128)
+    ts = quantize_weight_two_stage(w, group_size=32)
+    integers = ts.q4.float() * ts.scale_second.repeat_interleave(32, dim=1)  # (out, in)
+    s1_bf16 = ts.scale.to(torch.bfloat16).float()
+    for chunks in (1, 16):
+        expected = 8 * s1_bf16 * integers.reshape(16, chunks, 128 // chunks).sum(dim=2)
+        assert torch.equal(scale_bias(ts, chunks), expected)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])

@@ -45,7 +45,12 @@ def test_one_smoothing_serves_every_level(anti_method, tiny_tokenizer):
 def test_smoothing_settings_leave_out_only_what_acts_after_smoothing():
     cfg = QuantConfig(calib_texts=TEXTS, anti_method="m1")
     settings = smoothing_settings(cfg)
-    assert set(settings) == set(cfg.to_dict()) - set(AFTER_SMOOTHING_FIELDS)
+    assert set(settings) == (set(cfg.to_dict()) - set(AFTER_SMOOTHING_FIELDS)) | {"threshold_scores"}
+    # smooth() observes the float model's threshold scores only for recipes with a threshold.
+    assert smoothing_settings(QuantConfig(calib_texts=TEXTS, anti_method="m1", disable_threshold=1.0)) != settings
+    assert smoothing_settings(QuantConfig(calib_texts=TEXTS, anti_method="m1", disable_threshold=2.0)) == (
+        smoothing_settings(QuantConfig(calib_texts=TEXTS, anti_method="m1", disable_threshold=1.0))
+    )
     assert {"anti_method", "anti_params", "w_bit", "w_sym", "disable_last_linear", "calib_texts"} <= set(settings)
     other_alpha = QuantConfig(calib_texts=TEXTS, anti_method="m1", anti_params={"alpha": 0.8})
     assert smoothing_settings(other_alpha) != settings
