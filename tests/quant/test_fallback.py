@@ -136,3 +136,19 @@ def test_disable_threshold_judges_the_named_layers_instead_of_the_down_projs(tin
     result = _quantize(model, tiny_tokenizer, disable_threshold=threshold, disable_names=names)
     floats = set(result.float_layers)
     assert floats == {"lm_head", max(scores, key=scores.get)}
+
+
+def test_pdmix_float_layers_follow_the_difficulty_scores_and_the_threshold(tiny_tokenizer):
+    """The reference's PDMix recipe (model_type llama3.1_fp, disable_threshold 1): the model_type's
+    defaults (every down_proj and layers 0–4) are NOT the float layers; lm_head and the down_projs
+    scoring above t are, and every other linear is W8A8_MIX."""
+    model = build_tiny_llama("llama2", num_layers=4)
+    scores = {i: _independent_quantile_score(v) for i, v in _down_proj_inputs(model, tiny_tokenizer, TEXTS).items()}
+    ranked = sorted(scores.values())
+    threshold = (ranked[2] + ranked[3]) / 2  # one down_proj above
+    result = _quantize(
+        model, tiny_tokenizer, pdmix=True, model_type="llama3.1_fp", disable_threshold=threshold, anti_method="m1"
+    )
+    expected = {"lm_head"} | {f"model.layers.{i}.mlp.down_proj" for i, s in scores.items() if s > threshold}
+    assert set(result.float_layers) == expected and len(expected) == 2
+    assert {r.quant_type for r in result.layers if r.status == "quantized"} == {"W8A8_MIX"}
