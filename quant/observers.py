@@ -1,23 +1,26 @@
 """Activation observers (SPEC §4): they see a linear's calibration inputs and propose its range.
 
 - act_method 1, :class:`MinMaxObserver` [exact]: the mean over batches of each batch's min / max.
-- act_method 2, :class:`HistogramObserver`: the clipping range of least expected quantization
-  MSE over a histogram of every calibration value (method in the class docstring).
+- act_method 2, :class:`HistogramObserver` [exact]: the reference's running 2048-bin histogram and
+  greedy L2 clipping walk (torch 1.x's HistogramObserver, integer-truncated histogram range included).
 - act_method 3, auto-mix [exact]: histogram when the linear's ``range_param`` ≤ 50, else min-max.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy
 import torch
 
 from quant.errors import QuantInputError
 
 AUTO_MIX_RANGE_PARAM = 50.0  # act_method 3: range_param <= this -> histogram (SPEC §4)
+QUANTILE_STEP = 1e-5  # the histogram walk moves an end by this fraction of the total count per step
 
 
 class ActivationObserver(Protocol):
@@ -53,97 +56,154 @@ class MinMaxObserver:
 
 
 class HistogramObserver:
-    """act_method 2: the MSE-optimal clipping range over a histogram of all calibration values.
+    """act_method 2 [exact]: the reference's running 2048-bin histogram and its greedy L2 clipping walk.
 
-    Histogram: ``2·bins_per_side`` equal bins over ``[-R, R]`` with R a power of two. When a
-    value beyond R arrives, R doubles and each pair of adjacent bins merges into one, so the
-    histogram stays exactly the one a single pass over all values would give on that grid.
+    The reference's observer is a compiled variant of torch 1.x's ``HistogramObserver`` (bins 2048,
+    upsample rate 128, 256 target bins), updated with every calibration batch and searched after
+    every batch (the running pass fake-quantizes batch b with the range after batches 0..b).
+    Reproduced here operation for operation in float32, because the walk's stopping point is
+    sensitive to the last bit of its error sums:
 
-    Search: candidate lower ends ``a ≤ 0`` and upper ends ``b ≥ 0`` (the quantizer's range
-    always includes 0) spaced geometrically from one bin width to the observed extreme, which
-    is itself a candidate (no clipping). For each pair the expected squared error, with every
-    value at its bin centre c (bin width w), is
-
-        Σ_{c<a} n·((c−a)² + w²/12) + Σ_{c>b} n·((c−b)² + w²/12) + N_in·Δ²/12,  Δ = (b−a)/(2^bits − 1)
-
-    (clipping error of the values outside, uniform rounding error of those inside). The pair
-    of least error wins; prefix sums make the whole grid one vectorised evaluation.
+    - Histogram: the first batch sets the grid ``[lo, hi]`` = its min/max (``bins`` equal bins).
+      A later batch that extends the range widens the grid to a whole multiple ``ratio`` of the
+      old grid's ``upsample_rate`` × finer resolution, relaxing only ``hi``; the old counts are
+      spread evenly over that fine grid and summed back into the new bins.
+    - Quirk kept on purpose: each batch is counted with ``torch.histc(x, bins, int(lo), int(hi))``,
+      the range truncated toward zero to integers (as torch 1.x did), while the counts are read on
+      the grid ``[lo, hi]``. Values beyond the integer range are not counted and the histogram
+      looks narrower than the data, which is why the reference clips hard.
+    - Search: starting from all bins, move the lower or upper end inward by quantile steps of
+      1e-5 of the total count (whichever end moves fewer bins), and keep going while the expected
+      L2 error of quantizing the histogram to ``2^bits`` levels over the kept bins does not grow.
+      The range is the kept bins' outer edges on the grid (an integer number of bins).
     """
 
-    def __init__(self, bins_per_side: int = 16384, candidates_per_side: int = 512, bits: int = 8) -> None:
-        if bins_per_side % 2:
-            raise ValueError("bins_per_side must be even (bins merge in pairs)")
+    def __init__(self, bins: int = 2048, upsample_rate: int = 128, bits: int = 8) -> None:
         self.name = "histogram"
-        self.bins_per_side = bins_per_side
-        self.candidates_per_side = candidates_per_side
-        self.bits = bits
-        self.radius = 0.0
-        self.counts: torch.Tensor | None = None  # (2 * bins_per_side,) float64
-        self.min_value = math.inf
-        self.max_value = -math.inf
+        self.bins = bins
+        self.upsample_rate = upsample_rate
+        self.levels = 2**bits
+        self.counts: torch.Tensor | None = None  # (bins,) float32 on the CPU
+        self.lo = torch.tensor(math.inf)  # grid ends, float32 scalars
+        self.hi = torch.tensor(-math.inf)
+        self._range: tuple[float, float] | None = None  # cached search result since the last update
 
     @property
-    def bin_width(self) -> float:
-        return self.radius / self.bins_per_side
+    def bin_width(self) -> torch.Tensor:
+        return (self.hi - self.lo) / self.bins
 
     def update(self, x: torch.Tensor) -> None:
-        values = x.detach().reshape(-1).float()
-        lo, hi = float(values.min()), float(values.max())
-        self.min_value, self.max_value = min(self.min_value, lo), max(self.max_value, hi)
-        peak = max(abs(lo), abs(hi), 1e-12)
+        x = x.detach().float()
+        x_lo, x_hi = (v.cpu() for v in torch.aminmax(x))
+        self._range = None
+        if self.counts is None or self.lo == self.hi:  # first batch, or every value so far equal: start over
+            self.lo, self.hi = x_lo, x_hi
+            self.counts = _truncated_histc(x, self.bins, x_lo, x_hi)
+            return
+        lo, hi = torch.minimum(x_lo, self.lo), torch.maximum(x_hi, self.hi)
+        hi, ratio, shift = self._widened_grid(lo, hi)
+        counts = _truncated_histc(x, self.bins, lo, hi)
+        if lo == self.lo and hi == self.hi:
+            counts += self.counts
+        else:
+            counts += self._regridded(ratio, shift)
+        self.counts, self.lo, self.hi = counts, lo, hi
+
+    def _widened_grid(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """The new grid's ``hi``, how many fine bins make one new bin, and where the old grid starts (fine bins)."""
+        fine = (self.hi - self.lo) / (self.bins * self.upsample_rate)  # fine-bin width, float32
+        ratio = int(torch.ceil((hi - lo) / (self.bins * fine)))
+        hi = hi + (ratio * (self.bins * fine) - (hi - lo))  # relax hi only: (hi − lo) = ratio · bins · fine
+        shift = int(torch.round((self.lo - lo) / fine))
+        return hi, ratio, shift
+
+    def _regridded(self, ratio: int, shift: int) -> torch.Tensor:
+        """The old counts on the new grid: each old bin spread evenly over ``upsample_rate`` fine bins."""
+        assert self.counts is not None
+        fine = self.counts.repeat_interleave(self.upsample_rate)  # (bins·upsample,) un-normalised
+        wide = torch.zeros(self.bins * ratio)  # (bins·ratio,) fine bins of the new grid
+        fine = fine[: wide.numel() - shift]  # a rounding edge could overhang by a fine bin
+        wide[shift : shift + fine.numel()] = fine
+        upto = torch.cumsum(wide, 0, dtype=torch.float64)[ratio - 1 :: ratio]  # (bins,) mass up to each right edge
+        before = torch.zeros(self.bins)  # float32, as the reference: the running sums are rounded here
+        before[1:] = upto[:-1]
+        return ((upto - before) / self.upsample_rate).float()
+
+    def clip_error(self, start: int, end: int) -> float:
+        """Expected L2 error of quantizing the histogram to ``levels`` steps over bins ``start..end`` (inclusive).
+
+        Values are uniform within each bin; a bin's mass is integrated over the target steps it
+        spans (its first, the whole ones between, its last), each step's values going to its
+        centre; bins outside the kept range fall into the first / last step.
+        """
+        assert self.counts is not None
+        width = (float(self.hi) - float(self.lo)) / self.bins
+        step = width * (end - start + 1) / self.levels
+        if step == 0.0:
+            return 0.0
+        begin = (torch.arange(self.bins) - start) * width  # (bins,) each bin's left edge from the clip start
+        stop = begin + width
+        first = torch.clamp(torch.div(begin, step, rounding_mode="floor"), 0, self.levels - 1)
+        last = torch.clamp(torch.div(stop, step, rounding_mode="floor"), 0, self.levels - 1)
+        density = self.counts / width
+        half = step / 2
+        head = _square_integral(begin - (first + 0.5) * step, torch.ones(self.bins) * half, density)
+        whole = (last - first - 1) * _square_integral(torch.tensor(-half), torch.tensor(half), density)
+        tail = _square_integral(torch.tensor(-half), stop - (last * step + half), density)
+        return float((head + whole + tail).sum())
+
+    def search(self) -> tuple[int, int]:
+        """The greedy quantile walk: the first and last bin kept."""
         if self.counts is None:
-            self.radius = 2.0 ** math.ceil(math.log2(peak))
-            self.counts = torch.zeros(2 * self.bins_per_side, dtype=torch.float64)
-        while peak > self.radius:
-            self._double_radius()
-        hist = torch.histc(values, bins=2 * self.bins_per_side, min=-self.radius, max=self.radius)
-        self.counts += hist.double()
-
-    def _double_radius(self) -> None:
-        assert self.counts is not None
-        merged = self.counts.view(self.bins_per_side, 2).sum(dim=1)  # (bins_per_side,) pairs of bins
-        self.counts = torch.zeros_like(self.counts)
-        quarter = self.bins_per_side // 2
-        self.counts[quarter : quarter + self.bins_per_side] = merged  # old range = middle half
-        self.radius *= 2
-
-    def bin_centers(self) -> torch.Tensor:
-        w = self.bin_width
-        return -self.radius + w * (torch.arange(2 * self.bins_per_side, dtype=torch.float64) + 0.5)
-
-    def _candidates(self, extreme: float) -> torch.Tensor:
-        """0, the observed extreme, and geometric steps between one bin width and it (same sign)."""
-        if extreme == 0.0:
-            return torch.zeros(1, dtype=torch.float64)
-        mags = torch.logspace(
-            math.log10(self.bin_width), math.log10(abs(extreme)), self.candidates_per_side, dtype=torch.float64
-        )
-        mags = torch.cat([mags.new_zeros(1), mags[mags < abs(extreme)], mags.new_tensor([abs(extreme)])])
-        return math.copysign(1.0, extreme) * mags
-
-    def expected_error(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Expected squared quantization error of clipping to [a_i, b_j]: shape (len(a), len(b))."""
-        assert self.counts is not None
-        n, c, w2 = self.counts, self.bin_centers(), self.bin_width**2 / 12
-        s0, s1, s2 = (torch.cat([n.new_zeros(1), torch.cumsum(n * c**k, 0)]) for k in (0, 1, 2))  # prefix sums
-        below = torch.searchsorted(c, a)  # bins with centre < a
-        above = torch.searchsorted(c, b, right=True)  # bins with centre <= b
-        low_n, low_1, low_2 = s0[below], s1[below], s2[below]
-        high_n, high_1, high_2 = s0[-1] - s0[above], s1[-1] - s1[above], s2[-1] - s2[above]
-        low_err = low_2 - 2 * a * low_1 + a**2 * low_n + low_n * w2  # (len(a),)
-        high_err = high_2 - 2 * b * high_1 + b**2 * high_n + high_n * w2  # (len(b),)
-        inside = s0[-1] - low_n[:, None] - high_n[None, :]  # (len(a), len(b))
-        step = (b[None, :] - a[:, None]) / (2**self.bits - 1)
-        return low_err[:, None] + high_err[None, :] + inside * step**2 / 12
+            raise RuntimeError("HistogramObserver.search() before any update()")
+        total = float(self.counts.sum())
+        start, end = 0, self.bins - 1
+        if total == 0.0:  # nothing counted: the walk would never evaluate a candidate
+            return start, end
+        cumulative = torch.cumsum(self.counts, 0).tolist()  # float32 values, non-decreasing
+        alpha, beta, best = 0.0, 1.0, math.inf
+        while alpha < beta:
+            next_alpha, next_beta = alpha + QUANTILE_STEP, beta - QUANTILE_STEP
+            # first bin from start whose cumulative count reaches next_alpha·total (compared in float32) ...
+            left = min(max(bisect.bisect_left(cumulative, _float32(next_alpha * total)), start), end)
+            # ... and last bin down from end whose cumulative count is within next_beta·total
+            right = min(max(bisect.bisect_right(cumulative, _float32(next_beta * total)) - 1, start), end)
+            if left - start > end - right:
+                candidate, alpha = (left, end), next_alpha
+            else:
+                candidate, beta = (start, right), next_beta
+            if candidate == (start, end):
+                continue
+            error = self.clip_error(*candidate)
+            if error > best:
+                break
+            best, (start, end) = error, candidate
+        return start, end
 
     def range(self) -> tuple[float, float]:
-        if self.counts is None:
-            raise RuntimeError("HistogramObserver.range() before any update()")
-        a = self._candidates(min(self.min_value, 0.0))
-        b = self._candidates(max(self.max_value, 0.0))
-        errors = self.expected_error(a, b)
-        best = int(torch.argmin(errors))
-        return float(a[best // len(b)]), float(b[best % len(b)])
+        if self._range is None:
+            start, end = self.search()
+            width = self.bin_width
+            self._range = float(self.lo + width * start), float(self.lo + width * (end + 1))
+        return self._range
+
+
+def _truncated_histc(x: torch.Tensor, bins: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``bins`` counts of ``x`` over ``[int(lo), int(hi)]`` (truncated toward zero: the reference's quirk), float32 CPU.
+
+    torch.histc's own rule applies when the two integers are equal: the data's min and max are used.
+    """
+    return torch.histc(x, bins, min=int(lo), max=int(hi)).float().cpu()
+
+
+def _square_integral(begin: torch.Tensor, end: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
+    """``density · ∫_begin^end t² dt`` (cubes as products, in float32, as the reference evaluates them)."""
+    return density * ((end * end * end - begin * begin * begin) / 3)
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to float32 (torch compares a float32 tensor with a Python float in float32)."""
+    return float(numpy.float32(value))
 
 
 def observer_factory(act_method: int, range_params: Mapping[str, float] | None = None) -> ObserverFactory:
