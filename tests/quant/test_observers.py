@@ -1,4 +1,4 @@
-"""Activation observers: min-max (act 1), MSE-optimal histogram (act 2), auto-mix (act 3)."""
+"""Activation observers: min-max (act 1), the reference's histogram (act 2), auto-mix (act 3)."""
 
 import pytest
 import torch
@@ -6,7 +6,6 @@ import torch
 from quant.config import QuantConfig
 from quant.observers import AUTO_MIX_RANGE_PARAM, HistogramObserver, MinMaxObserver, observer_factory
 from quant.pipeline import quantize
-from quant.quantizers import activation_params, quantize_activation
 from tiny_models import build_tiny_llama
 
 TEXTS = [
@@ -15,13 +14,6 @@ TEXTS = [
     "There are 15 trees in the grove.",
     "Ghost in the Shell is an anime film.",
 ]
-
-
-def _quant_mse(x: torch.Tensor, xmin: float, xmax: float) -> float:
-    """Real int8 quantize → dequantize MSE of ``x`` with the static range [xmin, xmax]."""
-    scale, offset = activation_params(xmin, xmax)
-    x_hat = (quantize_activation(x, scale, offset) - offset) * scale
-    return float((x_hat - x).double().pow(2).mean())
 
 
 def _heavy_tailed_batches(n_batches=6, seed=0):
@@ -37,53 +29,116 @@ def _observed(observer, batches):
     return observer.range()
 
 
-def test_histogram_never_worse_than_minmax_on_heavy_tailed_data():
-    for seed in range(4):
-        batches = _heavy_tailed_batches(seed=seed)
-        x = torch.cat([b.reshape(-1) for b in batches])
-        mse_minmax = _quant_mse(x, *_observed(MinMaxObserver(), batches))
-        mse_hist = _quant_mse(x, *_observed(HistogramObserver(), batches))
-        assert mse_hist <= mse_minmax, seed
-    assert mse_hist < 0.5 * mse_minmax  # and on such tails by a wide margin
+def _literal_walk(obs: HistogramObserver) -> tuple[int, int]:
+    """The quantile walk written out bin by bin (no bisection), on the observer's own error."""
+    cumulative = torch.cumsum(obs.counts, 0)
+    total = float(obs.counts.sum())
+    alpha, beta, start, end, best = 0.0, 1.0, 0, obs.bins - 1, float("inf")
+    while alpha < beta:
+        next_alpha, next_beta = alpha + 1e-5, beta - 1e-5
+        left, right = start, end
+        while left < end and cumulative[left] < next_alpha * total:  # float32 tensor vs float: float32
+            left += 1
+        while right > start and cumulative[right] > next_beta * total:
+            right -= 1
+        if left - start > end - right:
+            candidate, alpha = (left, end), next_alpha
+        else:
+            candidate, beta = (start, right), next_beta
+        if candidate == (start, end):
+            continue
+        error = obs.clip_error(*candidate)
+        if error > best:
+            break
+        best, (start, end) = error, candidate
+    return start, end
 
 
-def test_histogram_range_is_near_the_brute_force_mse_optimum():
-    batches = _heavy_tailed_batches(n_batches=1, seed=7)
-    x = batches[0].reshape(-1)
-    xmin, xmax = float(x.min()), float(x.max())
-    grid = torch.logspace(-3, 0, 40).tolist()  # fractions of the extremes; the optimum clips hard
-    best = min(_quant_mse(x, xmin * a, xmax * b) for a in grid for b in grid)
-    chosen = _quant_mse(x, *_observed(HistogramObserver(), batches))
-    assert chosen <= 1.03 * best
+def test_histogram_walk_equals_the_literal_walk():
+    for seed in range(3):
+        for bins in (64, 2048):
+            obs = HistogramObserver(bins=bins)
+            for b in _heavy_tailed_batches(n_batches=3, seed=seed):
+                obs.update(b)
+                assert obs.search() == _literal_walk(obs), (seed, bins)
 
 
-def test_histogram_growth_merges_bins_exactly():
-    gen = torch.Generator().manual_seed(0)
-    small = torch.randn(4000, generator=gen) * 0.7  # radius 4 at first
-    large = torch.randn(4000, generator=gen) * 9.0  # then 64: four doublings
-    grown = HistogramObserver(bins_per_side=256)
-    grown.update(small)
-    grown.update(large)
-    at_once = HistogramObserver(bins_per_side=256)
-    at_once.update(torch.cat([large, small]))
-    assert grown.radius == at_once.radius
-    assert torch.equal(grown.counts, at_once.counts)
-    assert float(grown.counts.sum()) == 8000
+def test_clip_error_is_the_l2_error_of_uniform_bins():
+    """Each bin's mass uniform over the bin, every value sent to the centre of its (clamped) target step."""
+    obs = HistogramObserver(bins=64, bits=3)  # 8 target steps: steps much wider than bins, and narrower
+    obs.update(torch.randn(5000, generator=torch.Generator().manual_seed(3)) * 2.5)
+    lo, width, m = float(obs.lo), float(obs.bin_width), 400
+    inner = (torch.arange(m, dtype=torch.float64) + 0.5) / m  # sample points inside one bin
+    for start, end in [(0, 63), (10, 50), (30, 31), (0, 5), (62, 63)]:
+        step = width * (end - start + 1) / 8
+        points = lo + width * (torch.arange(64, dtype=torch.float64)[:, None] + inner)  # (bins, m)
+        level = torch.clamp(torch.floor((points - (lo + width * start)) / step), 0, 7)
+        centre = lo + width * start + (level + 0.5) * step
+        direct = float((obs.counts.double()[:, None] / m * (points - centre) ** 2).sum())
+        assert obs.clip_error(start, end) == pytest.approx(direct, rel=2e-4), (start, end)
 
 
-def test_histogram_expected_error_matches_direct_sum():
-    obs = HistogramObserver(bins_per_side=64)
-    obs.update(torch.randn(1000, generator=torch.Generator().manual_seed(2)))
-    a, b = torch.tensor([-1.3, -0.2], dtype=torch.float64), torch.tensor([0.0, 0.9, 2.5], dtype=torch.float64)
-    c, n, w = obs.bin_centers(), obs.counts, obs.bin_width
-    for i, lo in enumerate(a.tolist()):
-        for j, hi in enumerate(b.tolist()):
-            step = (hi - lo) / 255
-            clip_low = ((c - lo) ** 2 + w**2 / 12) * (c < lo)
-            clip_high = ((c - hi) ** 2 + w**2 / 12) * (c > hi)
-            inside = step**2 / 12 * ((c >= lo) & (c <= hi))
-            direct = float((n * (clip_low + clip_high + inside)).sum())
-            assert float(obs.expected_error(a, b)[i, j]) == pytest.approx(direct, rel=1e-9)
+def test_histogram_counts_only_the_integer_truncated_range():
+    """The reference's quirk: a batch is counted over [int(lo), int(hi)], read on the grid [lo, hi]."""
+    x = torch.linspace(-3.7, 2.6, 10_001)
+    obs = HistogramObserver()
+    obs.update(x)
+    assert (float(obs.lo), float(obs.hi)) == (float(x[0]), float(x[-1]))
+    assert float(obs.counts.sum()) == int(((x >= -3) & (x <= 2)).sum())
+    small = HistogramObserver()
+    small.update(torch.linspace(-0.4, 0.8, 1000))  # int range [0, 0]: histc takes the data's min and max
+    assert float(small.counts.sum()) == 1000
+
+
+def test_batches_on_an_unchanged_range_add_up_to_the_pooled_histogram():
+    gen = torch.Generator().manual_seed(5)
+    batches = [torch.cat([torch.tensor([-4.5, 5.25]), torch.randn(3000, generator=gen)]) for _ in range(4)]
+    obs = HistogramObserver()
+    for b in batches:
+        obs.update(b)
+    pooled = torch.histc(torch.cat(batches), 2048, min=-4, max=5)
+    assert (float(obs.lo), float(obs.hi)) == (-4.5, 5.25)
+    assert torch.equal(obs.counts, pooled)
+
+
+def test_a_wider_batch_regrids_the_old_counts_in_place():
+    """Incremental, not pooled: the old counts are spread over the new bins that cover the old grid."""
+    old = torch.randn(20_000, generator=torch.Generator().manual_seed(6)).clamp(-2.5, 2.5)
+    obs = HistogramObserver()
+    obs.update(old)
+    old_lo, old_hi, old_total = float(obs.lo), float(obs.hi), float(obs.counts.sum())
+    fine = (old_hi - old_lo) / (2048 * 128)
+    obs.update(torch.tensor([-5.0, 6.0]))  # integer extremes: both inside the truncated range
+    lo, hi, width = float(obs.lo), float(obs.hi), float(obs.bin_width)
+    assert lo == -5.0 and hi >= 6.0
+    ratio = (hi - lo) / (2048 * fine)  # a new bin is a whole number of the old grid's fine bins
+    assert abs(ratio - round(ratio)) < 1e-3
+    first, last = int((old_lo - lo) / width), int((old_hi - lo) / width)
+    counts = obs.counts.clone()
+    assert float(counts[0]) == 1 and float(counts[-1]) == 1  # the new batch's two values
+    counts[0] -= 1
+    counts[-1] -= 1
+    assert float(counts[first : last + 1].sum()) == pytest.approx(old_total, rel=1e-6)
+    assert float(counts[:first].sum()) == 0 and float(counts[last + 1 :].sum()) == 0
+
+
+def test_histogram_range_is_a_whole_number_of_bins_of_the_grid():
+    for seed in range(3):
+        obs = HistogramObserver()
+        xmin, xmax = _observed(obs, _heavy_tailed_batches(seed=seed))
+        lo, width = float(obs.lo), float(obs.bin_width)
+        start, stop = obs.search()
+        assert (xmin, xmax) == pytest.approx((lo + width * start, lo + width * (stop + 1)), rel=1e-6, abs=1e-6)
+        assert float(obs.lo) <= xmin < xmax <= float(obs.hi)  # hi may lie past the data: the grid was relaxed
+
+
+def test_histogram_of_constant_inputs_starts_over_with_the_next_batch():
+    obs = HistogramObserver()
+    obs.update(torch.full((100,), 1.5))
+    assert obs.range() == (1.5, 1.5)
+    obs.update(torch.linspace(-2.0, 3.0, 500))  # the reference drops the constant batch here
+    assert (float(obs.lo), float(obs.hi)) == (-2.0, 3.0)
+    assert float(obs.counts.sum()) == 500
 
 
 def test_auto_mix_rule():

@@ -35,16 +35,6 @@ KNOWN_DIFFERENCES: dict[str, dict[str, float]] = {
         "bias (FLOAT)": 1.0,
         "weight_offset (W8A8)": 1.0,
     },
-    # act_method 3 picks the histogram observer for every linear here: its range criterion is not
-    # reproduced. Everything before activation calibration (m6, the float layers, KV scales) is exact.
-    "w8a8_pdmix": {
-        "weight (W8A8_MIX)": 1.0,
-        "weight_scale (W8A8_MIX)": 1.0,
-        "weight_offset (W8A8_MIX)": 1.0,
-        "weight (FLOAT)": 1.0,
-        "kv_cache_scale (C8)": 1.0,
-        "kv_cache_offset (C8)": 1.0,
-    },
 }
 
 
