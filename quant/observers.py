@@ -70,10 +70,10 @@ class HistogramObserver:
       spread evenly over that fine grid and summed back into the new bins.
     - Quirk kept on purpose: each batch is counted with ``torch.histc(x, bins, int(lo), int(hi))``,
       the range truncated toward zero to integers (as torch 1.x did), while the counts are read on
-      the grid ``[lo, hi]``. Values beyond the integer range are not counted and the histogram
-      looks narrower than the data, which is why the reference clips hard.
+      the grid ``[lo, hi]``. Values beyond the integer range are not counted and the counted ones
+      are read as if spread over the whole grid, which is why the reference clips hard.
     - Search: starting from all bins, move the lower or upper end inward by quantile steps of
-      1e-5 of the total count (whichever end moves fewer bins), and keep going while the expected
+      1e-5 of the total count (the end whose step gives up more bins), and keep going while the expected
       L2 error of quantizing the histogram to ``2^bits`` levels over the kept bins does not grow.
       The range is the kept bins' outer edges on the grid (an integer number of bins).
     """
