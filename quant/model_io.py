@@ -121,8 +121,8 @@ def load_model(
     source = resolve_model_source(model_path)
     _check_pickle_policy(source, allow_pickle)
     device = resolve_device(device_type)
-    config = _load_config(source, trust_remote_code)
-    original_dtype = _checkpoint_dtype(config)
+    config = load_config(source, trust_remote_code)
+    original_dtype = checkpoint_dtype(config)
     dtype = torch.float32 if device.type == "cpu" else original_dtype
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if source.kind == "gguf":
@@ -135,13 +135,15 @@ def load_model(
     return LoadedModel(model, tokenizer, source.location, original_dtype, fingerprint_source(source))
 
 
-def _load_config(source: ModelSource, trust_remote_code: bool) -> Any:
+def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
+    """The model config of ``source`` (read from the GGUF metadata for a GGUF file)."""
     if source.kind == "gguf":
         return AutoConfig.from_pretrained(source.directory, gguf_file=source.gguf_file)
     return AutoConfig.from_pretrained(source.location, trust_remote_code=trust_remote_code)
 
 
-def _checkpoint_dtype(config: Any) -> torch.dtype:
+def checkpoint_dtype(config: Any) -> torch.dtype:
+    """The dtype the checkpoint stores its weights in (float32 when the config does not say)."""
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
