@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quant import progress
 from quant.arch import LM_HEAD, decoder_layers, final_norm, get_module, set_module
 from quant.calib import Batch
 from quant.config import QuantConfig
@@ -240,7 +241,7 @@ def calibrate_layer(
         _calibrating(layer, prefix, quantized, cfg, make_observer) as (stand_ins, weight_sqnr),
         _watching(watchers, index, layer),
     ):
-        next_calls = [call.with_hidden(call.run(layer)) for call in calls]
+        next_calls = [call.with_hidden(call.run(layer)) for call in progress.batches(calls, total=len(calls))]
     return next_calls, _finish(stand_ins, weight_sqnr)
 
 
@@ -275,7 +276,8 @@ def calibrate_model(
         return outcome
     with torch.no_grad():
         calls = capture_first_layer_calls(model, batches)
-        for i, layer in enumerate(decoder_layers(model)):
+        layers = decoder_layers(model)
+        for i, layer in progress.stage("calibrate", enumerate(layers), total=len(layers)):
             prefix = f"model.layers.{i}."
             names = [n for n in quantized if n.startswith(prefix)]
             calls, layer_outcome = calibrate_layer(i, layer, calls, names, cfg, make_observer, watchers)

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from quant.calib import default_calib_file
 from quant.config import QuantConfig
 from quant.errors import QuantInputError, invalid_value
+from quant.progress import peak_memory_line, set_quiet
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -28,6 +29,7 @@ EXIT_FAILED = 1
 EXTENSIONS = {
     "overwrite": "replace a non-empty save_directory (the old output is removed only after the new one is complete)",
     "allow_pickle": "allow loading .bin/.pt pickle checkpoints (they can run code)",
+    "quiet": "no progress bars (they show only when stderr is a terminal); a bare --quiet means True",
 }
 _LIST_FIELDS = ("disable_names", "calib_texts")
 _SKIP_FIELDS = ("anti_params",)
@@ -113,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{field.name}", **kwargs)
     parser.add_argument("--anti_params", default=None, help="harness extension: the anti-outlier method's settings")
     for name, text in EXTENSIONS.items():
-        parser.add_argument(f"--{name}", default="False", help=f"harness extension: {text}")
+        bare = {"nargs": "?", "const": "True"} if name == "quiet" else {}
+        parser.add_argument(f"--{name}", default="False", help=f"harness extension: {text}", **bare)
     return parser
 
 
@@ -173,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reject_unknown(unknown)
         cfg, extensions = config_from_args(args)
+        set_quiet(extensions.pop("quiet"))
         t0 = time.perf_counter()
         summary = run(cfg, **extensions)
     except QuantInputError as exc:
@@ -185,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"saved {summary['quant_type']} model to {summary['save_directory']} "
         f"({summary['float_layers']} linears kept float, {time.perf_counter() - t0:.1f} s)"
     )
+    print(summary["float_summary"])
+    print(peak_memory_line())
     return 0
 
 

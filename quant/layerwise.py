@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quant import progress
 from quant.arch import LM_HEAD, decoder_layers, final_norm
 from quant.calib import Batch
 
@@ -102,6 +103,7 @@ def iterate_layer_inputs(
     batches: Sequence[Batch],
     members_of: Callable[[int, nn.Module], Mapping[str, nn.Module]],
     head: nn.Module | None = None,
+    stage_name: str = "observe",
 ) -> Iterator[tuple[int | None, dict[str, list[torch.Tensor]]]]:
     """Yield ``(layer index, {member name: per-batch inputs})`` for each decoder layer in order.
 
@@ -109,9 +111,11 @@ def iterate_layer_inputs(
     layer's inputs come from the same run, before the caller sees this layer's inputs, so the
     caller may change the layer in any way that keeps its float function (smoothing). With
     ``head`` given, a last item ``(None, {"lm_head": ...})`` carries the final norm's outputs.
+    ``stage_name`` labels the progress bar.
     """
     calls = capture_first_layer_calls(model, batches)
-    for i, layer in enumerate(decoder_layers(model)):
+    layers = decoder_layers(model)
+    for i, layer in progress.stage(stage_name, enumerate(layers), total=len(layers)):
         inputs, calls = run_layer(layer, calls, members_of(i, layer))
         yield i, inputs
     if head is not None:

@@ -136,13 +136,17 @@ def quantile_score(batches: Sequence[torch.Tensor] | torch.Tensor) -> float:
 
 
 def observe_layerwise(
-    model: nn.Module, batches: Sequence[Batch], names: Sequence[str], scored: Collection[str] | None = None
+    model: nn.Module,
+    batches: Sequence[Batch],
+    names: Sequence[str],
+    scored: Collection[str] | None = None,
+    stage_name: str = "observe",
 ) -> dict[str, InputStats]:
     """:class:`InputStats` of each named linear, one decoder layer at a time.
 
     ``scored``: the linears that also get their quantile score (default: all of ``names``).
     Memory: the hidden states of ``batches`` plus one layer's inputs. Linears that share one
-    input (q/k/v, gate/up) share the result.
+    input (q/k/v, gate/up) share the result. ``stage_name`` labels the progress bar.
     """
     wanted = set(names)
     scored = wanted if scored is None else set(scored)
@@ -154,7 +158,7 @@ def observe_layerwise(
 
     head = model.get_submodule(LM_HEAD) if LM_HEAD in wanted else None
     order = list(names)
-    for _i, inputs in iterate_layer_inputs(model, batches, members_of, head=head):
+    for _i, inputs in iterate_layer_inputs(model, batches, members_of, head=head, stage_name=stage_name):
         by_tensor: dict[int, InputStats] = {}
         for name in sorted(inputs, key=order.index):
             first = inputs[name][0]

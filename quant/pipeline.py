@@ -25,6 +25,7 @@ from quant.calib import Batch, anti_calibration_batches, read_calib_texts, token
 from quant.calibrate import calibrate_model
 from quant.config import QuantConfig
 from quant.errors import QuantInputError
+from quant.export import LAYER_REPORT_FILE
 from quant.fallback import (
     check_disable_names,
     level_fallback,
@@ -35,6 +36,7 @@ from quant.fallback import (
 from quant.kv_cache import KVCacheCalibrator
 from quant.observe import InputStats, observe_layerwise
 from quant.observers import observer_factory
+from quant.progress import float_layers_summary
 from quant.report import STATUS_FLOAT, LayerReport, build_layer_report
 from quant.schemes import check_shapes
 
@@ -253,7 +255,9 @@ def smooth(
     timings["anti_outlier_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    post_stats = observe_layerwise(model, batches[:RANGE_PARAM_BATCHES], observed_linears(model, cfg), scored=())
+    post_stats = observe_layerwise(
+        model, batches[:RANGE_PARAM_BATCHES], observed_linears(model, cfg), scored=(), stage_name="range_param"
+    )
     timings["range_param_s"] = time.perf_counter() - t
     kv_cache = None
     if cfg.use_kvcache_quant:
@@ -297,8 +301,7 @@ def quantize(
         raise ValueError("disable_threshold needs Smoothing.threshold_scores (smooth() with disable_threshold > 0)")
     float_layers = choose_float_layers(cfg, names, post_stats, smoothing.threshold_scores)
     timings["fallback_s"] = time.perf_counter() - t
-    for name, reason in float_layers.items():
-        log.info("keeping %s in float: %s", name, reason)
+    log.info("%s", float_layers_summary(float_layers, LAYER_REPORT_FILE))
 
     t = time.perf_counter()
     quantized = [n for n in names if n not in float_layers]

@@ -23,6 +23,7 @@ from quant.export import (
 from quant.fallback import check_disable_names
 from quant.model_io import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_model_source
 from quant.pipeline import QuantResult, quantize
+from quant.progress import float_layers_summary
 
 
 def check_inputs(cfg: QuantConfig, overwrite: bool = False) -> None:
@@ -88,6 +89,7 @@ def quantize_to_directory(cfg: QuantConfig, overwrite: bool = False, allow_pickl
         "quant_type": result.quant_type,
         "save_directory": str(saved.directory),
         "float_layers": len(result.float_layers),
+        "float_summary": float_layers_summary(result.float_layers, LAYER_REPORT_FILE),
         "load_s": load_s,
         "timings": result.timings,
         "bytes": saved.total_bytes,

@@ -21,6 +21,7 @@ from eval.cache import ResultCache
 from eval.compare import compare_boolq
 from eval.fingerprint import check_model_matches_saved
 from eval.perplexity import wikitext_perplexity
+from quant import progress
 from quant.config import QuantConfig
 from quant.export import LAYER_REPORT_FILE, RECIPE_FILE
 from quant.model_io import LoadedModel
@@ -145,6 +146,7 @@ def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, s
     Any exception marks the run FAILED (with the error) and propagates to the caller.
     """
     started = time.perf_counter()
+    progress.set_quiet(bool(cfg.get("quiet", False)))
     tracking = cfg.tracking
     experiment_id = setup_experiment(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_root)
     shared_work.reset_events()
@@ -205,6 +207,8 @@ def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, s
         _log_sqnr_plot(result.layer_report(), saved.directory)
         _log_cache_events(metrics)
         metrics["job_s"] = time.perf_counter() - started
+        metrics["peak_rss_bytes"] = float(progress.peak_rss_bytes())  # of the process so far (all its jobs)
+        log.info("%s", progress.peak_memory_line())
         mlflow.set_tags({f"boolq.{k}": str(quant_eval.config.get(k)) for k in _LOGGED_BOOLQ_CONFIG})
         mlflow.log_metrics(finite_metrics(metrics))
         mlflow.set_tag("quant_type", result.quant_type)

@@ -30,7 +30,7 @@ PACKAGES = (
     "gguf",
 )
 # Job config keys that do not change the result: where it is written, logged or cached.
-VOLATILE_KEYS = ("save_directory", "overwrite", "tracking", "cache", "resume", "data_root")
+VOLATILE_KEYS = ("save_directory", "overwrite", "tracking", "cache", "resume", "data_root", "quiet")
 # The same inside a group: (group, key).
 VOLATILE_GROUP_KEYS = (("eval", "cache_dir"),)
 

@@ -89,6 +89,9 @@ def test_float_baseline_is_cached_across_processes_and_saved_model_is_evaluated(
     for run_dir in ("first", "second"):
         proc = run_module("sweep", [*common, f"hydra.run.dir={tiny_inputs.root}/{run_dir}"], cwd=tiny_inputs.root)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        console = proc.stdout + proc.stderr
+        assert "linears kept in float (" in console and "peak memory: " in console
+        assert "keeping model." not in console  # one summary line, not one line per float layer
     first, second = sorted(_runs(tiny_inputs.uri), key=lambda r: r.info.start_time)
     assert first.data.tags["float_baseline_source"] == "computed"
     assert second.data.tags["float_baseline_source"] == "disk"
@@ -104,6 +107,7 @@ def test_float_baseline_is_cached_across_processes_and_saved_model_is_evaluated(
         assert tags["boolq.bos_prepended"] == "True"  # the tiny tokenizer adds BOS
         assert metrics["wikitext2_ppl"] > 1 and metrics["float_wikitext2_ppl"] > 1
         assert metrics["wikitext2_n_tokens"] == metrics["float_wikitext2_n_tokens"]
+        assert metrics["peak_rss_bytes"] > 100e6  # a process holding torch and a model: beyond 100 MB
     for name in ("float_boolq_acc", "float_wikitext2_ppl", "boolq_acc", "wikitext2_ppl"):
         assert first.data.metrics[name] == second.data.metrics[name]
     # Both jobs quantized the same model with the same recipe: the same saved tensors.

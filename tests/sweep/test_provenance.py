@@ -40,7 +40,9 @@ def _compose(overrides: list[str]):
 def test_config_hash_ignores_where_results_go_and_follows_what_defines_them(tiny_model_dir):
     base = [f"model.path={tiny_model_dir}"]
     reference = config_hash(_compose(base))
-    for volatile in ("tracking.experiment_name=other", "cache.dir=/elsewhere", "resume=false", "overwrite=true"):
+    volatiles = ["tracking.experiment_name=other", "cache.dir=/elsewhere", "resume=false", "overwrite=true"]
+    volatiles.append("quiet=true")
+    for volatile in volatiles:
         assert config_hash(_compose([*base, volatile])) == reference, volatile
     for change in ("act_method=2", "disable_level=L1", "eval.boolq.limit=50", "anti_method.params.alpha=0.6"):
         assert config_hash(_compose([*base, change])) != reference, change
