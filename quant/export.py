@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from quant.arch import norm_modules
@@ -32,6 +31,7 @@ from quant.errors import QuantInputError
 from quant.kv_cache import KV_TYPE, kv_cache_description
 from quant.qlinear import QuantLinear
 from quant.schemes.spec import is_per_group
+from quant.shard_writer import ShardWriter
 
 DESCRIPTION_VERSION = "1.0.0"
 LAYER_REPORT_FILE = "quant_layer_report.json"
@@ -57,15 +57,6 @@ def weight_file_name(quant_type: str) -> str:
 
 def description_file_name(quant_type: str, mindie_format: bool = False) -> str:
     return f"quant_model_description_{quant_type.lower()}.json" if mindie_format else "quant_model_description.json"
-
-
-def collect_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's saved tensors: its state dict, each tensor its own contiguous CPU copy.
-
-    Tied weights (lm_head and the embedding of e.g. SmolLM2) become two separate tensors:
-    safetensors refuses shared memory, the reference crashes on them.
-    """
-    return {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
 
 
 # Model-level description keys, written before the tensor entries in this order (as the reference).
@@ -111,19 +102,20 @@ def ordered_description(description: dict[str, Any], tensor_names: list[str]) ->
 
 
 def mindie_norm_entries(
-    model: nn.Module, tensors: dict[str, torch.Tensor], quant_type: str
+    norm_names: list[str], tensors: dict[str, torch.Tensor], quant_type: str
 ) -> dict[str, tuple[torch.Tensor, str]]:
     """``<norm>.module.weight`` / ``.module.bias`` for every norm that carries a (smoothing) bias.
 
+    ``norm_names``: the norms (full names, module order) whose saved tensors are in ``tensors``.
     They copy the norm's saved weight and bias and are typed with the model's quant type (the
     reference types them W8A8 in a W8A8 model, ``model.norm`` included, although lm_head stays float).
     """
     entries: dict[str, tuple[torch.Tensor, str]] = {}
-    for norm in norm_modules(model):
+    for norm in norm_names:
         if f"{norm}.bias" not in tensors:
             continue
         for suffix, source in MINDIE_NORM_COPIES.items():
-            entries[f"{norm}.{suffix}"] = (tensors[f"{norm}.{source}"].clone(), quant_type)
+            entries[f"{norm}.{suffix}"] = (tensors[f"{norm}.{source}"].detach().to("cpu").clone(), quant_type)
     return entries
 
 
@@ -159,44 +151,6 @@ def shard_file_name(quant_type: str, index: int, count: int) -> str:
     return weight_file_name(quant_type).replace(".safetensors", f"-{index:05d}-of-{count:05d}.safetensors")
 
 
-def plan_shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
-    """Tensor names per shard, in order: a shard is closed before it would exceed ``max_bytes``.
-
-    A tensor larger than ``max_bytes`` gets a shard of its own.
-    """
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name, tensor in tensors.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
-    return shards
-
-
-def write_weights(
-    tensors: dict[str, torch.Tensor], directory: Path, quant_type: str, part_file_size: float | None = None
-) -> list[Path]:
-    """One safetensors file, or shards plus the index JSON (``metadata.total_size``, ``weight_map``)."""
-    if part_file_size is None:
-        path = directory / weight_file_name(quant_type)
-        save_file(tensors, str(path), metadata={"format": "pt"})
-        return [path]
-    plan = plan_shards(tensors, int(part_file_size * BYTES_PER_GB))
-    paths, weight_map = [], {}
-    for i, names in enumerate(plan, start=1):
-        path = directory / shard_file_name(quant_type, i, len(plan))
-        save_file({n: tensors[n] for n in names}, str(path), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(names, path.name))
-        paths.append(path)
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    _write_json(directory / f"{weight_file_name(quant_type)}.index.json", index)
-    return paths
-
-
 SAVE_DIRECTORY_VALID = "valid: a new or empty directory in a writable location"
 
 
@@ -229,6 +183,95 @@ def probe_writable(directory: Path, save_directory: str | Path) -> None:
         ) from None
 
 
+class ModelWriter:
+    """Writes a quantized model in the reference's format module by module, as the model is made.
+
+    :meth:`write` adds a submodule's saved tensors (its state dict under its full names) to the
+    weight file(s) at once, so a layer-wise caller may free the module right after; :meth:`finish`
+    writes the description, config.json, tokenizer and extra files and moves the output into place.
+    Tensors must come in the model's state-dict order (embeddings, layers, final norm, lm_head) for
+    the files to equal the in-memory save's. Everything goes to a temporary directory beside the
+    target; :meth:`abort` (or a failure in :meth:`finish`) removes it.
+    """
+
+    def __init__(
+        self,
+        save_directory: str | Path,
+        *,
+        quant_type: str,
+        overwrite: bool = False,
+        part_file_size: float | None = None,
+        mindie_format: bool = False,
+    ) -> None:
+        self.target = check_save_directory(save_directory, overwrite)
+        self.quant_type = quant_type
+        self.mindie_format = mindie_format
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+        max_bytes = None if part_file_size is None else int(part_file_size * BYTES_PER_GB)
+        self.shards = ShardWriter(
+            self.tmp, weight_file_name(quant_type), lambda i, n: shard_file_name(quant_type, i, n), max_bytes
+        )
+        self._norm_copies: dict[str, tuple[torch.Tensor, str]] = {}  # mindie_format: written after the rest
+
+    def write(self, model: nn.Module, prefix: str = "") -> None:
+        """Write the saved tensors of ``model``'s submodule ``prefix`` (the whole model when empty).
+
+        Tied weights (lm_head and the embedding of e.g. SmolLM2) are written as separate tensors:
+        safetensors refuses shared memory, the reference crashes on them.
+        """
+        module = model.get_submodule(prefix) if prefix else model
+        tensors = module.state_dict(prefix=f"{prefix}." if prefix else "")
+        for name, tensor in tensors.items():
+            self.shards.add(name, tensor)
+        if self.mindie_format:
+            norms = [n for n in norm_modules(model) if not prefix or n == prefix or n.startswith(f"{prefix}.")]
+            self._norm_copies.update(mindie_norm_entries(norms, tensors, self.quant_type))
+
+    def finish(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        original_dtype: torch.dtype | None = None,
+        extra_json: dict[str, Any] | None = None,
+        config_updates: dict[str, Any] | None = None,
+    ) -> SavedOutput:
+        """Write the rest of the output and move it into place; ``model`` gives the modules' types
+        (its tensors may be freed) and config."""
+        try:
+            for name, (tensor, _qtype) in self._norm_copies.items():
+                self.shards.add(name, tensor)
+            tensor_names = list(self.shards.names)
+            description = describe_tensors(model, tensor_names, self.quant_type)
+            if self.mindie_format:
+                description.update({name: qtype for name, (_t, qtype) in self._norm_copies.items()})
+            else:
+                description["version"] = DESCRIPTION_VERSION
+            description = ordered_description(description, tensor_names)
+            weight_paths, weight_map = self.shards.close()
+            if self.shards.max_bytes is not None:
+                index = {"metadata": {"total_size": self.shards.total_bytes}, "weight_map": weight_map}
+                _write_json(self.tmp / f"{weight_file_name(self.quant_type)}.index.json", index)
+            desc_path = self.tmp / description_file_name(self.quant_type, self.mindie_format)
+            _write_json(desc_path, description)
+            _save_config(model, self.tmp, original_dtype, config_updates)
+            _save_tokenizer(tokenizer, self.tmp)
+            for file_name, payload in (extra_json or {}).items():
+                _write_json(self.tmp / file_name, payload)
+            _move_into_place(self.tmp, self.target)
+        except BaseException:
+            self.abort()
+            raise
+        target = self.target
+        total = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
+        return SavedOutput(target, [target / p.name for p in weight_paths], target / desc_path.name, total)
+
+    def abort(self) -> None:
+        """Remove everything written so far."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 def save_quantized(
     model: nn.Module,
     tokenizer: Any,
@@ -246,32 +289,21 @@ def save_quantized(
 
     ``config_updates``: keys added to config.json (mindie_format: :func:`mindie_quantization_config`).
     """
-    target = check_save_directory(save_directory, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    writer = ModelWriter(
+        save_directory,
+        quant_type=quant_type,
+        overwrite=overwrite,
+        part_file_size=part_file_size,
+        mindie_format=mindie_format,
+    )
     try:
-        tensors = collect_tensors(model)
-        description = describe_tensors(model, list(tensors), quant_type)
-        if mindie_format:
-            for name, (tensor, qtype) in mindie_norm_entries(model, tensors, quant_type).items():
-                tensors[name] = tensor
-                description[name] = qtype
-        else:
-            description["version"] = DESCRIPTION_VERSION
-        description = ordered_description(description, list(tensors))
-        weight_paths = write_weights(tensors, tmp, quant_type, part_file_size)
-        desc_path = tmp / description_file_name(quant_type, mindie_format)
-        _write_json(desc_path, description)
-        _save_config(model, tmp, original_dtype, config_updates)
-        _save_tokenizer(tokenizer, tmp)
-        for file_name, payload in (extra_json or {}).items():
-            _write_json(tmp / file_name, payload)
-        _move_into_place(tmp, target)
+        writer.write(model)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.abort()
         raise
-    total = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
-    return SavedOutput(target, [target / p.name for p in weight_paths], target / desc_path.name, total)
+    return writer.finish(
+        model, tokenizer, original_dtype=original_dtype, extra_json=extra_json, config_updates=config_updates
+    )
 
 
 def _write_json(path: Path, payload: Any) -> None:
