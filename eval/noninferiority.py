@@ -96,13 +96,24 @@ def paired_proportions(
 
     ``reference_correct[i]`` and ``candidate_correct[i]`` say whether each model got example ``i``
     right (bools or 0/1). The drop is reference accuracy − candidate accuracy."""
-    _check_rule(margin, alpha)
     ref = _as_binary(reference_correct, "reference_correct")
     cand = _as_binary(candidate_correct, "candidate_correct")
     _check_paired(ref, cand)
-    n = ref.size
-    b = int(np.sum(ref & ~cand))  # only the reference right
-    c = int(np.sum(cand & ~ref))  # only the candidate right
+    return paired_counts(int(np.sum(ref & ~cand)), int(np.sum(cand & ~ref)), ref.size, margin, alpha)
+
+
+def paired_counts(
+    reference_only: int, candidate_only: int, n: int, margin: float = 0.01, alpha: float = 0.05
+) -> Verdict:
+    """:func:`paired_proportions` from the counts alone: ``reference_only`` rows only the
+    reference gets right, ``candidate_only`` only the candidate, out of ``n`` paired rows."""
+    _check_rule(margin, alpha)
+    for name, value in (("n", n), ("reference_only", reference_only), ("candidate_only", candidate_only)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise invalid_value(name, value, "an integer count >= 0")
+    if n == 0 or reference_only + candidate_only > n:
+        raise QuantInputError("n", f"{n} paired rows cannot hold {reference_only} + {candidate_only} discordant ones")
+    b, c = reference_only, candidate_only
     lower, upper = tango_bounds(np.array([b]), np.array([c]), n, alpha)
     drop = (b - c) / n
     n_needed = None

@@ -1,13 +1,15 @@
 """``python -m sweep.select``: pick the recipe to ship from an MLflow experiment and promote it.
 
-The rule (``conf/select.yaml``, overridable as ``key=value``): among the finished runs whose
-BoolQ accuracy is at most ``rule.max_drop`` below the float model's and that are not
-significantly worse than float by McNemar's test (``rule.mcnemar_alpha``), take the most
-accurate; runs within ``rule.tie_tolerance`` of it are tied and the smallest output wins.
-The champion's weights are registered as an MLflow model version and get the alias ``champion``.
-``--dry-run`` prints the same ranking and choice without touching the registry.
+The rule (``conf/select.yaml``, overridable as ``key=value``): a finished run may ship only when
+the non-inferiority gate (``eval.noninferiority``) passes it against the float model on the same
+examples: the one-sided upper (1 − ``rule.alpha``) bound of the drop in ``rule.metric`` is below
+``rule.margin``. Among the runs that pass, the most compressed ships, not the luckiest: the
+smallest value of each ``rule.prefer`` metric in turn (default: fewest float layers, then the
+smallest output), then the better metric, then the earliest run. The champion's weights are
+registered as an MLflow model version and get the alias ``champion``. ``--dry-run`` prints the
+same ranking and choice without touching the registry.
 
-Exit codes: 0 a champion was chosen (and promoted unless --dry-run), 1 no run satisfies the rule,
+Exit codes: 0 a champion was chosen (and promoted unless --dry-run), 1 no run passes the gate,
 2 bad input (unknown experiment, bad override, runs that cannot be compared).
 """
 
@@ -23,11 +25,13 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from eval.noninferiority import FAIL, PASS, UNDECIDED, Verdict
 from quant.errors import QuantInputError, invalid_value
 from sweep.compose import CONF_DIR, compose_tool_config
 from sweep.registry import promote
 from sweep.runs import RunRecord, job_runs, latest_per_config, sweep_runs
 from sweep.summary import fmt, fmt_mb, fmt_signed, format_table
+from sweep.targets import run_verdict, target
 from sweep.tracking import open_existing_experiment
 
 EXIT_NO_CHAMPION = 1
@@ -38,21 +42,22 @@ COMPARABLE_PARAMS = ("model.name", "model.path", "eval.boolq.data_path", "eval.b
 
 @dataclass(frozen=True)
 class SelectionRule:
-    """Which finished runs may ship and which of them does."""
+    """Which finished runs may ship (the gate) and which of them does (``prefer``)."""
 
     metric: str = "boolq_acc"
-    max_drop: float = 0.02
-    mcnemar_alpha: float | None = 0.05
-    tie_tolerance: float = 0.0
-    tie_break: str = "size_bytes"
+    margin: float = 0.01
+    alpha: float = 0.05
+    # Metrics compared in turn among passing runs, smallest first; "-name" for largest first.
+    prefer: tuple[str, ...] = ("float_layers", "size_bytes")
 
     def __post_init__(self) -> None:
-        if not _is_number(self.max_drop) or self.max_drop < 0:
-            raise invalid_value("rule.max_drop", self.max_drop, "a number >= 0 (absolute accuracy)")
-        if self.mcnemar_alpha is not None and (not _is_number(self.mcnemar_alpha) or not 0 < self.mcnemar_alpha < 1):
-            raise invalid_value("rule.mcnemar_alpha", self.mcnemar_alpha, "a number in (0, 1), or null for no test")
-        if not _is_number(self.tie_tolerance) or self.tie_tolerance < 0:
-            raise invalid_value("rule.tie_tolerance", self.tie_tolerance, "a number >= 0")
+        target(self.metric)
+        if not _is_number(self.margin) or not 0 <= self.margin < math.inf:
+            raise invalid_value("rule.margin", self.margin, "a number >= 0 in the metric's units (0.01 = 1 point)")
+        if not _is_number(self.alpha) or not 0 < self.alpha < 0.5:
+            raise invalid_value("rule.alpha", self.alpha, "a number in (0, 0.5)")
+        if isinstance(self.prefer, str) or not all(isinstance(k, str) and k.lstrip("-") for k in self.prefer):
+            raise invalid_value("rule.prefer", self.prefer, "a list of metric names, '-name' for largest first")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> SelectionRule:
@@ -60,7 +65,20 @@ class SelectionRule:
         unknown = sorted(set(values) - known)
         if unknown:
             raise QuantInputError(f"rule.{unknown[0]}", f"unknown setting; valid: {', '.join(sorted(known))}")
+        values = dict(values)
+        if "prefer" in values and isinstance(values["prefer"], (list, tuple)):
+            values["prefer"] = tuple(values["prefer"])
         return cls(**values)
+
+    def preference_key(self, record: RunRecord) -> tuple[float, ...]:
+        """Sort key among passing runs: the ``prefer`` metrics (missing ones last), then the better metric."""
+        keys = []
+        for name in self.prefer:
+            value = record.metric(name.lstrip("-"))
+            keys.append(math.inf if value is None else (-value if name.startswith("-") else value))
+        value = record.metric(self.metric)
+        oriented = value if target(self.metric).higher_is_better else -value
+        return (*keys, -oriented)
 
 
 def _is_number(value: object) -> bool:
@@ -68,52 +86,42 @@ def _is_number(value: object) -> bool:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """A run judged by the rule: eligible or not (and why)."""
+class Judged:
+    """A run and the gate's verdict on it (None with a ``reason`` when it cannot be judged)."""
 
     record: RunRecord
-    eligible: bool
-    reason: str
+    verdict: Verdict | None
+    reason: str = ""
+
+    @property
+    def eligible(self) -> bool:
+        return self.verdict is not None and self.verdict.status == PASS
 
 
-def judge(record: RunRecord, rule: SelectionRule) -> Verdict:
-    """Whether ``record`` may ship under ``rule``; ``reason`` says why not."""
-    value = record.metric(rule.metric)
-    float_value = record.metric(f"float_{rule.metric}")
-    if value is None:
-        return Verdict(record, False, f"no {rule.metric}")
-    if float_value is None:
-        return Verdict(record, False, "no float baseline to compare with")
-    drop = float_value - value
-    if drop > rule.max_drop + 1e-12:
-        return Verdict(record, False, f"drop {drop:.4f} > {rule.max_drop}")
-    p_value = record.metric("vs_float_mcnemar_p")
-    if rule.mcnemar_alpha is not None and drop > 0:
-        if p_value is None:
-            return Verdict(record, False, "no McNemar p-value")
-        if p_value < rule.mcnemar_alpha:
-            return Verdict(record, False, f"significantly worse (p={p_value:.3f} < {rule.mcnemar_alpha})")
-    return Verdict(record, True, "")
+def judge(record: RunRecord, rule: SelectionRule) -> Judged:
+    """The gate's verdict on ``record`` under ``rule``."""
+    verdict = run_verdict(record.metrics, rule.metric, rule.margin, rule.alpha)
+    if isinstance(verdict, str):
+        return Judged(record, None, verdict)
+    return Judged(record, verdict)
 
 
-def rank(records: Sequence[RunRecord], rule: SelectionRule) -> list[Verdict]:
-    """Champion first (if any run is eligible), then the other eligible runs best first, then the rest."""
-    verdicts = [judge(r, rule) for r in records]
+_STATUS_ORDER = {PASS: 0, UNDECIDED: 1, FAIL: 2}
 
-    def score(v: Verdict) -> float:
-        return v.record.metrics.get(rule.metric, float("-inf"))
 
-    def tie_value(v: Verdict) -> float:
-        return v.record.metrics.get(rule.tie_break, float("inf"))
+def rank(records: Sequence[RunRecord], rule: SelectionRule) -> list[Judged]:
+    """Passing runs first, most compressed first (the first is the champion); then the undecided
+    ones, closest to passing first; then the failed ones; then the runs that cannot be judged."""
+    judged = [judge(r, rule) for r in records]
 
-    eligible = sorted((v for v in verdicts if v.eligible), key=lambda v: (-score(v), tie_value(v), v.record.start_time))
-    others = sorted((v for v in verdicts if not v.eligible), key=lambda v: (-score(v), v.record.start_time))
-    if not eligible:
-        return others
-    best = score(eligible[0])
-    tied = [v for v in eligible if score(v) >= best - rule.tie_tolerance - 1e-12]
-    champion = min(tied, key=lambda v: (tie_value(v), -score(v), v.record.start_time))
-    return [champion, *(v for v in eligible if v is not champion), *others]
+    def key(j: Judged) -> tuple:
+        if j.verdict is None:
+            return (3, 0.0, (), j.record.start_time)
+        order = _STATUS_ORDER[j.verdict.status]
+        preference = rule.preference_key(j.record) if order == 0 else ()
+        return (order, j.verdict.upper_bound if order else 0.0, preference, j.record.start_time)
+
+    return sorted(judged, key=key)
 
 
 def configured_rule() -> SelectionRule:
@@ -122,15 +130,16 @@ def configured_rule() -> SelectionRule:
 
 
 def search_objective(metrics: Mapping[str, float], rule: SelectionRule) -> float:
-    """What a search over recipes maximizes: the rule's metric when :func:`judge` would let the run
-    ship, and the metric minus 1 when it would not. For an accuracy (in [0, 1]) every eligible run
-    then scores above every ineligible one, and the ineligible ones still rank by the metric. NaN
-    when the run has no value of the metric (a failed job)."""
-    record = RunRecord("", "", "FINISHED", "", 0, None, metrics=dict(metrics))
-    value = record.metric(rule.metric)
+    """What a search over recipes maximizes: the rule's metric (oriented so that larger is better)
+    when the gate passes the run, and that minus 1 when it does not. For an accuracy (in [0, 1])
+    every passing run then scores above every other one, and the others still rank by the metric.
+    NaN when the run has no value of the metric (a failed job)."""
+    value = metrics.get(rule.metric)
     if value is None:
         return math.nan
-    return value if judge(record, rule).eligible else value - 1.0
+    oriented = value if target(rule.metric).higher_is_better else -value
+    record = RunRecord("", "", "FINISHED", "", 0, None, metrics=dict(metrics))
+    return oriented if judge(record, rule).eligible else oriented - 1.0
 
 
 def check_comparable(records: Sequence[RunRecord]) -> None:
@@ -145,24 +154,37 @@ def check_comparable(records: Sequence[RunRecord]) -> None:
             )
 
 
-def ranking_table(verdicts: Sequence[Verdict], rule: SelectionRule, champion_found: bool) -> str:
+def verdict_text(judged: Judged, champion: bool) -> str:
+    """The verdict column: CHAMPION / pass / undecided with the n that would decide / fail / why not judged."""
+    v = judged.verdict
+    if v is None:
+        return judged.reason
+    if v.status == PASS:
+        return "CHAMPION" if champion else "pass"
+    if v.status == FAIL:
+        return "fail: drop > margin"
+    return "undecided" + (f" (~{v.n_needed} rows would decide)" if v.n_needed else "")
+
+
+def ranking_table(judged: Sequence[Judged], rule: SelectionRule, champion_found: bool) -> str:
     rows = []
-    for i, v in enumerate(verdicts, start=1):
-        r = v.record
-        status = ("CHAMPION" if i == 1 and champion_found else "eligible") if v.eligible else v.reason
+    for i, j in enumerate(judged, start=1):
+        r, v = j.record, j.verdict
         rows.append(
             [
                 str(i),
                 r.name,
                 fmt(r.metric(rule.metric)),
-                fmt_signed(r.metric("vs_float_accuracy_delta")),
-                fmt(r.metric("vs_float_mcnemar_p"), ".3f"),
+                fmt_signed(None if v is None else v.drop),
+                fmt_signed(None if v is None else v.upper_bound),
+                fmt(r.metric("float_layers"), ".0f"),
                 fmt_mb(r.metric("size_bytes")),
                 r.run_id[:8],
-                status,
+                verdict_text(j, champion=i == 1 and champion_found),
             ]
         )
-    headers = ["#", "run", rule.metric, "Δ float", "McNemar p", "size MB", "run id", "verdict"]
+    level = f"{100 * (1 - rule.alpha):g}%"
+    headers = ["#", "run", rule.metric, "drop", f"{level} upper", "float layers", "size MB", "run id", "verdict"]
     return format_table(headers, rows)
 
 
@@ -177,31 +199,45 @@ def candidate_runs(client: MlflowClient, experiment_id: str, filter_string: str,
 
 def select(cfg: DictConfig, dry_run: bool) -> int:
     """Rank, print, promote; returns the exit code."""
-    rule = SelectionRule.from_mapping(dict(cfg.rule))
+    rule = SelectionRule.from_mapping(OmegaConf.to_container(cfg.rule, resolve=True))
     client, experiment_id = open_existing_experiment(cfg.tracking.tracking_uri, cfg.tracking.experiment_name)
     records = candidate_runs(client, experiment_id, str(cfg.filter or ""), cfg.sweep)
     if not records:
         print(f"no finished runs in experiment '{cfg.tracking.experiment_name}' match")
         return EXIT_NO_CHAMPION
     check_comparable(records)
-    verdicts = rank(records, rule)
-    found = verdicts[0].eligible
-    print(ranking_table(verdicts, rule, found))
+    judged = rank(records, rule)
+    found = judged[0].eligible
+    print(
+        f"gate: {rule.metric} drop vs float, margin {rule.margin:g}, alpha {rule.alpha:g}; prefer {list(rule.prefer)}"
+    )
+    print(ranking_table(judged, rule, found))
     if not found:
-        print(f"\nno run satisfies the rule (max_drop {rule.max_drop}, mcnemar_alpha {rule.mcnemar_alpha})")
+        print(f"\nno run passes the gate ({_count_statuses(judged)})")
         return EXIT_NO_CHAMPION
-    champion = verdicts[0].record
-    target = f"model '{cfg.registry.model_name}' alias '{cfg.registry.alias}'"
+    champion = judged[0].record
+    destination = f"model '{cfg.registry.model_name}' alias '{cfg.registry.alias}'"
     if dry_run:
-        print(f"\ndry run: would promote {champion.name} (run {champion.run_id}) to {target}")
+        print(f"\ndry run: would promote {champion.name} (run {champion.run_id}) to {destination}")
         return 0
     version, moved = promote(client, champion, str(cfg.registry.model_name), str(cfg.registry.alias))
     print(
         f"\n{'promoted' if moved else 'already champion:'} {champion.name} (run {champion.run_id}) "
-        f"as version {version.version} of {target}"
+        f"as version {version.version} of {destination}"
     )
     print(f"fetch: mlflow.artifacts.download_artifacts('models:/{cfg.registry.model_name}@{cfg.registry.alias}')")
     return 0
+
+
+def _count_statuses(judged: Sequence[Judged]) -> str:
+    counts = {status: 0 for status in (UNDECIDED, FAIL)}
+    unjudged = 0
+    for j in judged:
+        if j.verdict is None:
+            unjudged += 1
+        else:
+            counts[j.verdict.status] += 1
+    return f"{counts[UNDECIDED]} undecided, {counts[FAIL]} failed, {unjudged} without a paired float comparison"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -83,7 +83,7 @@ def test_bad_input_exits_2(constructed, capsys):
 
 def test_champion_model_reloaded_from_its_files_matches_its_logged_result(sweep8, tmp_path, capsys):
     inputs = sweep8.inputs
-    assert select_main(inputs.tool_args()) == 0
+    assert select_main([*inputs.tool_args(), "rule.margin=0.5"]) == 0
     client = sweep8.client
     champion = client.get_run(client.get_model_version_by_alias("llama-quant", "champion").run_id)
     report = tmp_path / "verdict.json"
