@@ -1,19 +1,25 @@
-"""``python -m sweep.regress``: does a recipe keep the accuracy of the shipped one? Usable in CI.
+"""``python -m sweep.regress``: does the shipped recipe still give the shipped quality? Usable in CI.
 
-The candidate is a finished run (``--run ID``: its logged BoolQ result) or a saved quantized
-model (``--model DIR`` or an MLflow URI such as ``models:/llama-quant/3``: reloaded from its files
-and evaluated on exactly the baseline's BoolQ rows). The baseline is the registered ``champion``
-(default), another run (``--against RUN_ID``) or a stored result file (``--against FILE.json``,
-as written by ``eval.boolq.write_per_example``). The two are compared row by row.
+``--recipe champion`` (or ``models:/<name>/<version>``, or a run id) rebuilds the quantized model
+from the recipe logged with that run, with today's code and packages, evaluates it on exactly that
+run's BoolQ rows, compares it example by example and compares the saved tensors by sha256 (naming
+the tensors that changed and by how much). ``--run ID`` compares a finished run's logged result,
+``--model DIR`` (or an MLflow URI such as ``models:/llama-quant/3``) a saved model evaluated on the
+baseline's rows; their baseline is the champion (default), a run (``--against RUN_ID``) or a stored
+result file (``--against FILE.json``). ``--history`` prints every recorded check per recipe.
 
-Exit codes: 0 no regression, 1 accuracy dropped beyond ``max_drop`` (or is significantly worse,
-with ``mcnemar_alpha``), 2 bad input.
+The verdict is the paired non-inferiority gate of :mod:`eval.noninferiority` (``margin``,
+``alpha``). Every check is recorded as an MLflow run (:mod:`sweep.regress_record`).
+
+Exit codes: 0 pass, 1 regression (the drop exceeds the margin), 2 bad input, 3 cannot decide at
+this n.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -27,15 +33,30 @@ from omegaconf import DictConfig
 
 from eval.boolq import BoolQResult, evaluate_boolq, load_boolq_result
 from eval.compare import BoolQComparison, compare_boolq
+from eval.noninferiority import FAIL, PASS, Verdict, paired_counts
+from eval.tensor_diff import TensorDiff, diff_saved
 from quant.errors import QuantInputError
 from quant.reload import load_quantized
 from sweep.compose import compose_tool_config
-from sweep.job import BOOLQ_RESULT_ARTIFACT
+from sweep.recipe import (
+    Recipe,
+    check_inputs_unchanged,
+    input_digests,
+    load_recipe,
+    rebuild,
+    recorded_weights,
+    run_result,
+)
+from sweep.registry import weight_hashes
 from sweep.runs import resolve_run_id
-from sweep.tracking import open_existing_experiment
+from sweep.tracking import open_existing_experiment, sha256_file
 
+EXIT_PASS = 0
 EXIT_REGRESSION = 1
 EXIT_BAD_INPUT = 2
+EXIT_UNDECIDED = 3
+_EXIT_CODES = {PASS: EXIT_PASS, FAIL: EXIT_REGRESSION}
+_HEADLINES = {PASS: "PASS", FAIL: "REGRESSION"}
 
 
 @dataclass
@@ -46,18 +67,27 @@ class Side:
     result: BoolQResult
 
 
-def run_result(client: MlflowClient, run_id: str) -> BoolQResult:
-    """The BoolQ result a sweep job logged (``eval/boolq_result.json``)."""
-    try:
-        client.get_run(run_id)
-    except MlflowException:
-        raise QuantInputError("run", f"no run {run_id!r} in this MLflow store") from None
-    with tempfile.TemporaryDirectory(prefix="regress-") as tmp:
-        try:
-            path = client.download_artifacts(run_id, BOOLQ_RESULT_ARTIFACT, tmp)
-        except (MlflowException, OSError):
-            raise QuantInputError("run", f"run {run_id} has no {BOOLQ_RESULT_ARTIFACT} artifact") from None
-        return load_boolq_result(path)
+@dataclass
+class Check:
+    """One finished regression check: both sides, the comparison, the gate, and (for a rebuilt
+    recipe) how the saved tensors compare."""
+
+    mode: str  # "recipe" | "run" | "model"
+    recipe_key: str  # the re-run recipe's config_hash, or the candidate's label
+    reference: Side
+    candidate: Side
+    comparison: BoolQComparison
+    verdict: Verdict
+    reference_run_id: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    bytes_identical: bool | None = None  # weight files equal by sha256 (recipe mode)
+    tensor_diff: TensorDiff | None = None  # None: identical bytes, or the reference's files are gone
+    digests: dict[str, str] | None = None  # content keys of the model and data (recipe mode)
+
+    @property
+    def exit_code(self) -> int:
+        return _EXIT_CODES.get(self.verdict.status, EXIT_UNDECIDED)
 
 
 def champion_run_id(client: MlflowClient, model_name: str, alias: str) -> tuple[str, str]:
@@ -70,15 +100,15 @@ def champion_run_id(client: MlflowClient, model_name: str, alias: str) -> tuple[
     return version.run_id, str(version.version)
 
 
-def baseline_side(client: MlflowClient, against: str, cfg: DictConfig) -> Side:
-    """``champion``, a run id, or a result file."""
+def baseline_side(client: MlflowClient, against: str, cfg: DictConfig) -> tuple[Side, str | None, str | None]:
+    """``champion``, a run id, or a result file; with the baseline's run id and model version."""
     if against == "champion":
         run_id, version = champion_run_id(client, str(cfg.registry.model_name), str(cfg.registry.alias))
         label = f"{cfg.registry.model_name}@{cfg.registry.alias} (version {version}, run {run_id[:8]})"
-        return Side(label, run_result(client, run_id))
+        return Side(label, run_result(client, run_id)), run_id, version
     if Path(against).is_file():
-        return Side(f"file {against}", load_boolq_result(against))
-    return Side(f"run {against[:8]}", run_result(client, against))
+        return Side(f"file {against}", load_boolq_result(against)), None, None
+    return Side(f"run {against[:8]}", run_result(client, against)), against, None
 
 
 def evaluate_like(model_location: str, reference: BoolQResult, device: str) -> BoolQResult:
@@ -107,73 +137,149 @@ def evaluate_like(model_location: str, reference: BoolQResult, device: str) -> B
     )
 
 
-def regressions(comparison: BoolQComparison, max_drop: float, mcnemar_alpha: float | None) -> list[str]:
-    """Why the candidate fails (empty: it passes)."""
-    reasons = []
-    if -comparison.accuracy_delta > max_drop + 1e-12:
-        reasons.append(f"accuracy dropped by {-comparison.accuracy_delta:.4f} > max_drop {max_drop}")
-    if mcnemar_alpha is not None and comparison.accuracy_delta < 0 and comparison.mcnemar_p < mcnemar_alpha:
-        reasons.append(f"significantly worse: McNemar p = {comparison.mcnemar_p:.4f} < {mcnemar_alpha}")
-    return reasons
-
-
-def report(baseline: Side, candidate: Side, comparison: BoolQComparison, reasons: list[str], max_drop: float) -> str:
+def gate(reference: BoolQResult, candidate: BoolQResult, cfg: DictConfig) -> tuple[BoolQComparison, Verdict]:
+    """Compare the two results row by row and gate the accuracy drop (paired, same rows)."""
+    try:
+        comparison = compare_boolq(reference, candidate)
+    except ValueError as exc:
+        raise QuantInputError("against", f"baseline and candidate cannot be compared: {exc}") from None
     c = comparison
-    lines = [
-        f"regression check on {c.n} BoolQ examples",
-        f"  baseline : {baseline.label}: accuracy {c.reference_accuracy:.4f}",
-        f"  candidate: {candidate.label}: accuracy {c.candidate_accuracy:.4f}",
-        f"  delta {c.accuracy_delta:+.4f} (allowed drop {max_drop}); {c.n_flips} answers changed "
-        f"(baseline-only correct {c.n_reference_only}, candidate-only correct {c.n_candidate_only}), "
-        f"McNemar p = {c.mcnemar_p:.4f}",
-    ]
-    lines.append("FAIL: " + "; ".join(reasons) if reasons else "PASS")
-    return "\n".join(lines)
+    return c, paired_counts(c.n_reference_only, c.n_candidate_only, c.n, float(cfg.margin), float(cfg.alpha))
 
 
-def regress(
-    cfg: DictConfig, run: str | None, model: str | None, against: str, device: str, json_path: str | None
-) -> int:
-    """Compare, print the report, write ``json_path`` if given; returns the exit code."""
-    max_drop = float(cfg.max_drop)
-    if max_drop < 0:
-        raise QuantInputError("max_drop", f"invalid value {max_drop}; valid values: a number >= 0")
-    alpha = None if cfg.mcnemar_alpha is None else float(cfg.mcnemar_alpha)
-    client, experiment_id = open_existing_experiment(cfg.tracking.tracking_uri, cfg.tracking.experiment_name)
+def check_recipe(client: MlflowClient, recipe: Recipe, cfg: DictConfig, device: str, scratch: Path) -> Check:
+    """Rebuild ``recipe`` into ``scratch``, compare its bytes and tensors with the recorded
+    output, evaluate it on the recorded rows and gate it."""
+    check_inputs_unchanged(recipe)
+    digests = input_digests(recipe)
+    rebuilt = rebuild(recipe, scratch / "rebuilt")
+    recorded = weight_hashes(recipe.record)
+    identical = bool(recorded) and all(
+        (rebuilt / name).is_file() and sha256_file(rebuilt / name) == digest for name, digest in recorded.items()
+    )
+    tensor_diff = None
+    if not identical:
+        reference_dir = recorded_weights(client, recipe, scratch / "recorded")
+        tensor_diff = diff_saved(reference_dir, rebuilt) if reference_dir is not None else None
+    candidate = evaluate_like(str(rebuilt), recipe.result, device)
+    comparison, verdict = gate(recipe.result, candidate, cfg)
+    return Check(
+        "recipe",
+        recipe.config_hash,
+        Side(recipe.label, recipe.result),
+        Side("rebuilt with today's code", candidate),
+        comparison,
+        verdict,
+        recipe.run_id,
+        recipe.model_name,
+        recipe.model_version,
+        identical,
+        tensor_diff,
+        digests,
+    )
+
+
+def check_candidate(
+    client: MlflowClient,
+    experiment_id: str,
+    cfg: DictConfig,
+    run: str | None,
+    model: str | None,
+    against: str,
+    device: str,
+) -> Check:
+    """A finished run's result, or a saved model evaluated on the baseline's rows, against the baseline."""
     if against != "champion" and not Path(against).is_file():
         against = resolve_run_id(client, experiment_id, against)
-    baseline = baseline_side(client, against, cfg)
+    baseline, baseline_run, version = baseline_side(client, against, cfg)
     if run is not None:
         run = resolve_run_id(client, experiment_id, run)
         candidate = Side(f"run {run[:8]}", run_result(client, run))
+        mode, key = "run", client.get_run(run).data.tags.get("config_hash", run)
     else:
         candidate = Side(f"model {model}", evaluate_like(str(model), baseline.result, device))
-    try:
-        comparison = compare_boolq(baseline.result, candidate.result)
-    except ValueError as exc:
-        raise QuantInputError("against", f"baseline and candidate cannot be compared: {exc}") from None
-    reasons = regressions(comparison, max_drop, alpha)
-    print(report(baseline, candidate, comparison, reasons, max_drop))
-    if json_path:
-        payload = {"passed": not reasons, "reasons": reasons, "baseline": baseline.label, "candidate": candidate.label}
-        payload["comparison"] = asdict(comparison)
-        Path(json_path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    return EXIT_REGRESSION if reasons else 0
+        mode, key = "model", str(model)
+    comparison, verdict = gate(baseline.result, candidate.result, cfg)
+    model_name = str(cfg.registry.model_name) if version is not None else None
+    return Check(mode, key, baseline, candidate, comparison, verdict, baseline_run, model_name, version)
+
+
+def report(check: Check) -> str:
+    """The printed report; its last line is the verdict."""
+    c = check.comparison
+    lines = [
+        f"regression check on {c.n} BoolQ examples",
+        f"  baseline : {check.reference.label}: accuracy {c.reference_accuracy:.4f}",
+        f"  candidate: {check.candidate.label}: accuracy {c.candidate_accuracy:.4f}",
+        f"  delta {c.accuracy_delta:+.4f}; {c.n_flips} answers changed "
+        f"(baseline-only correct {c.n_reference_only}, candidate-only correct {c.n_candidate_only})",
+    ]
+    if check.bytes_identical is not None:
+        lines.append(
+            "  weights: identical bytes (sha256)" if check.bytes_identical else "  weights: bytes differ (sha256)"
+        )
+    if check.tensor_diff is not None:
+        lines.extend("  " + line for line in check.tensor_diff.summary().splitlines())
+    elif check.bytes_identical is False:
+        lines.append("  the recorded weights are gone: no per-tensor comparison")
+    headline = _HEADLINES.get(check.verdict.status, "CANNOT DECIDE")
+    lines.append(f"{headline}: {check.verdict.line()}")
+    return "\n".join(lines)
+
+
+def write_json(check: Check, path: str) -> None:
+    """The verdict, comparison and tensor diff as JSON (for CI)."""
+    payload = {
+        "status": check.verdict.status,
+        "passed": check.verdict.passed,
+        "exit_code": check.exit_code,
+        "baseline": check.reference.label,
+        "candidate": check.candidate.label,
+        "verdict": asdict(check.verdict),
+        "comparison": asdict(check.comparison),
+        "bytes_identical": check.bytes_identical,
+        "tensor_diff": check.tensor_diff.to_dict() if check.tensor_diff is not None else None,
+    }
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def regress(cfg: DictConfig, args: argparse.Namespace) -> int:
+    """Run one check (or print the history); returns the exit code."""
+    client, experiment_id = open_existing_experiment(cfg.tracking.tracking_uri, cfg.tracking.experiment_name)
+    if args.recipe is not None:
+        recipe = load_recipe(client, experiment_id, args.recipe, str(cfg.registry.model_name), str(cfg.registry.alias))
+        with tempfile.TemporaryDirectory(prefix="regress-") as tmp:
+            check = check_recipe(client, recipe, cfg, args.device, Path(tmp))
+    else:
+        check = check_candidate(client, experiment_id, cfg, args.run, args.model, args.against, args.device)
+    text = report(check)
+    print(text)
+    if args.json_path:
+        write_json(check, args.json_path)
+    return check.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweep.regress", description=__doc__.split("\n\n")[0])
-    candidate = parser.add_mutually_exclusive_group(required=True)
-    candidate.add_argument("--run", help="a finished run id: compare its logged BoolQ result")
-    candidate.add_argument("--model", help="a saved quantized model directory or MLflow URI: evaluate it")
-    parser.add_argument("--against", default="champion", help="champion (default), a run id, or a result JSON file")
-    parser.add_argument("--device", default="cpu", help="where --model is evaluated (default cpu)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--recipe", help="champion, models:/<name>/<version> or a run id: rebuild its recipe and check it"
+    )
+    what.add_argument("--run", help="a finished run id: compare its logged BoolQ result")
+    what.add_argument("--model", help="a saved quantized model directory or MLflow URI: evaluate it")
+    parser.add_argument(
+        "--against",
+        default="champion",
+        help="baseline of --run/--model: champion (default), a run id, or a result JSON file",
+    )
+    parser.add_argument("--device", default="cpu", help="where the candidate is evaluated (default cpu)")
     parser.add_argument("--json", dest="json_path", help="also write the verdict and comparison to this file")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of conf/regress.yaml")
     args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr: the error line only
     try:
         cfg = compose_tool_config("regress", args.overrides)
-        return regress(cfg, args.run, args.model, args.against, args.device, args.json_path)
+        return regress(cfg, args)
     except QuantInputError as exc:
         print(f"sweep.regress: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from tiny_models import build_tiny_llama
@@ -44,4 +45,53 @@ def write_tiny_boolq(path: Path) -> Path:
         ("is the dog quick", "The quick brown fox jumps over the lazy dog.", "false"),
     ]
     path.write_text("".join(json.dumps({"question": q, "passage": p, "label": lab}) + "\n" for q, p, lab in rows))
+    return path
+
+
+_WORDS = [
+    "sky",
+    "blue",
+    "fire",
+    "cold",
+    "fish",
+    "swim",
+    "ice",
+    "hot",
+    "grove",
+    "trees",
+    "ethanol",
+    "energy",
+    "film",
+    "produced",
+    "dog",
+    "quick",
+    "fox",
+    "lazy",
+    "music",
+]
+
+
+def write_self_labelled_boolq(path: Path, model_dir: Path, n: int = 200, seed: int = 0) -> Path:
+    """``n`` random BoolQ-style rows labelled with the answers of the float model in ``model_dir``:
+    the float model scores 1.0 and its quantized versions close to it, so a planted change that
+    moves answers is a real accuracy drop (a random tiny model has no BoolQ skill to lose)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eval.boolq import evaluate_boolq
+
+    rng = random.Random(seed)
+    rows = [
+        {
+            "question": "is the " + " ".join(rng.choices(_WORDS, k=3)),
+            "passage": "The " + " ".join(rng.choices(_WORDS, k=8)) + ".",
+            "label": "true",
+        }
+        for _ in range(n)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    result = evaluate_boolq(model, AutoTokenizer.from_pretrained(model_dir), data_path=str(path), limit=None)
+    for example in result.per_example:
+        rows[example.index]["label"] = "true" if example.pred == 1 else "false"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
