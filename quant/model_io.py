@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from quant.device import resolve_device
 from quant.errors import QuantInputError
+from quant.model_source import ModelSource, resolve_model_source
 
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # Where a GGUF bundle may keep a ready HF tokenizer next to the .gguf file.
 _TOKENIZER_SUBDIRS = ("", "hf_tokenizer")
@@ -29,46 +28,6 @@ class LoadedModel:
     source: str
     original_dtype: torch.dtype
     fingerprint: str
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights come from: ``kind`` is ``hf_dir``, ``gguf`` or ``hub``."""
-
-    kind: str
-    location: str
-    gguf_file: str | None = None
-
-    @property
-    def directory(self) -> str:
-        return str(Path(self.location).parent) if self.kind == "gguf" else self.location
-
-
-MODEL_PATH_VALID = "valid: an HF model directory (config.json + safetensors), a .gguf file or a directory with one"
-
-
-def resolve_model_source(model_path: str) -> ModelSource:
-    """Decide how to load ``model_path``; a clear error names ``model_path`` when it cannot be."""
-    path = Path(model_path).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return ModelSource("gguf", str(path.resolve()), path.name)
-    if path.is_dir():
-        ggufs = sorted(path.glob("*.gguf"))
-        has_config = (path / "config.json").is_file()
-        if not has_config and len(ggufs) == 1:
-            return ModelSource("gguf", str(ggufs[0].resolve()), ggufs[0].name)
-        if not has_config:
-            raise QuantInputError(
-                "model_path", f"{model_path} has no config.json and no single .gguf file; {MODEL_PATH_VALID}"
-            )
-        return ModelSource("hf_dir", str(path.resolve()))
-    if path.exists():
-        raise QuantInputError(
-            "model_path", f"{model_path} is neither a model directory nor a .gguf file; {MODEL_PATH_VALID}"
-        )
-    if _HUB_ID_RE.match(model_path) and not model_path.startswith((".", "/")):
-        return ModelSource("hub", model_path)
-    raise QuantInputError("model_path", f"{model_path} does not exist; {MODEL_PATH_VALID}")
 
 
 def _has_safetensors(directory: Path) -> bool:

@@ -21,7 +21,8 @@ from quant.export import (
     save_quantized,
 )
 from quant.fallback import check_disable_names
-from quant.model_io import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_model_source
+from quant.model_io import LoadedModel, load_model, load_tokenizer
+from quant.model_source import ModelSource, check_model_files, resolve_model_source
 from quant.pipeline import QuantResult, quantize
 from quant.progress import float_layers_summary
 
@@ -34,6 +35,7 @@ def check_inputs(cfg: QuantConfig, overwrite: bool = False) -> None:
     """
     cfg.check_supported()
     source = resolve_model_source(cfg.model_path)
+    check_model_files(source)
     if cfg.save_directory:
         check_save_directory(cfg.save_directory, overwrite)
     if cfg.calib_file:

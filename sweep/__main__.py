@@ -1,6 +1,6 @@
 """Entry point of ``python -m sweep``."""
 
-from sweep.app import main
+from sweep.app import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,202 +1,56 @@
 """``python -m sweep``: the Hydra app over ``conf/``; one job per composed recipe.
 
-Single run: bad input ends with one line and exit 2, a failed job with one line and exit 1.
-Multirun: every job is a child of the sweep's parent MLflow run (see :mod:`sweep.callbacks`); a
-job whose config already FINISHED in the experiment is skipped (resume); a failed job is recorded
-as FAILED with its error and the sweep goes on. Each job prints one progress line; the app returns
-the selection objective (:func:`sweep.select.search_objective`: the metric ``sweep.select`` ranks
-by, lowered when its rule would not ship the run) so any Hydra sweeper, Optuna's included, can drive it.
+:func:`cli` first runs :func:`sweep.preflight.preflight` (the command line composes, the job's inputs
+are valid: one line and exit 2 otherwise, before any model load or output), then Hydra, whose own
+errors also end as one line and exit 2. What each job does is :func:`sweep.task.run_task`.
+Exit codes: 0 done; 1 a single run's job failed, or some job of a multirun did not finish; 2 bad input.
 """
 
 from __future__ import annotations
 
-import logging
-import math
+import os
 import sys
-import time
-from pathlib import Path
+from collections.abc import Sequence
 
 import hydra
-import mlflow
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from quant.errors import QuantInputError
-from sweep.hydra_config import quant_config_from_hydra
-from sweep.job import JobOutcome, run_job
-from sweep.provenance import config_hash, git_state, package_versions
-from sweep.select import configured_rule, search_objective
-from sweep.summary import progress_line
-from sweep.sweep_run import (
-    KEY_TAG,
-    PARENT_TAG,
-    REUSED_TAG_PREFIX,
-    ROLE_TAG,
-    ParentRun,
-    finished_run,
-    owner_tags,
-    read_parent_file,
-)
-from sweep.tracking import setup_experiment, tracked_run
-
-log = logging.getLogger("sweep")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+from sweep.compose import REPO_ROOT, hydra_input_error
+from sweep.preflight import preflight
 
 EXIT_BAD_INPUT = 2
-EXIT_JOB_FAILED = 1
+EXIT_JOB_FAILED = 1  # a single run's job failed, or a multirun's job did not finish
 
 
-def run_name(cfg: DictConfig, choices: dict[str, str], job_overrides: list[str]) -> str:
-    """``<scheme>-<anti>[<its overridden settings>]-act<n>-<level>-<calib>``: readable and unique per grid cell."""
-    anti = choices.get("anti_method", str(cfg.anti_method.name))
-    settings = [o.removeprefix("anti_method.params.") for o in job_overrides if o.startswith("anti_method.params.")]
-    if settings:
-        anti += "[" + ",".join(sorted(settings)) + "]"
-    scheme, calib = choices.get("scheme", ""), choices.get("calib", "")
-    return f"{scheme}-{anti}-act{cfg.act_method}-{cfg.disable_level}-{calib}"
-
-
-def job_tags(cfg: DictConfig, parent: ParentRun | None) -> dict[str, str]:
-    """Hydra choices, config hash, provenance, and the sweep/parent links of one job's run."""
-    hydra_cfg = HydraConfig.get()
-    choices = {k: str(v) for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
-    tags = {f"choice.{k}": v for k, v in choices.items()}
-    tags.update(
-        {
-            "act_method": str(cfg.act_method),
-            "disable_level": str(cfg.disable_level),
-            "config_hash": config_hash(cfg),
-            "hydra_overrides": " ".join(hydra_cfg.overrides.task)[:5000],
-            ROLE_TAG: "job",
-            **git_state(),
-            **package_versions(),
-            **owner_tags(),
-        }
-    )
-    if parent is not None:
-        tags.update({PARENT_TAG: parent.run_id, KEY_TAG: parent.sweep_key, "sweep.job_num": str(hydra_cfg.job.num)})
-    return tags
-
-
-def log_weights_policy(cfg: DictConfig, multirun: bool) -> bool:
-    """``tracking.log_weights``: true, false, or auto (single run: yes; multirun: no, ``sweep.select``
-    logs the promoted run's weights)."""
-    value = cfg.tracking.get("log_weights", "auto")
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() != "auto":
-        raise QuantInputError("tracking.log_weights", f"invalid value {value!r}; valid values: true, false, auto")
-    return not multirun
-
-
-def _skip_if_finished(cfg: DictConfig, tags: dict[str, str], parent: ParentRun | None) -> tuple[str, dict] | None:
-    """Resume: the id and metrics of a FINISHED run of this config in the experiment, if any."""
-    tracking = cfg.tracking
-    experiment_id = setup_experiment(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_root)
-    client = MlflowClient(tracking.tracking_uri)
-    run = finished_run(client, experiment_id, tags["config_hash"])
-    if run is None:
-        return None
-    if parent is not None and run.data.tags.get(PARENT_TAG) != parent.run_id:
-        client.set_tag(parent.run_id, REUSED_TAG_PREFIX + tags["config_hash"], run.info.run_id)
-    return run.info.run_id, dict(run.data.metrics)
-
-
-def _record_invalid_job(cfg: DictConfig, name: str, tags: dict[str, str], exc: Exception) -> str:
-    """In a multirun a job with a bad config is still a job: record it as FAILED; returns the run id."""
-    tracking = cfg.tracking
-    experiment_id = setup_experiment(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_root)
-    run_id = ""
+def cli(argv: Sequence[str] | None = None) -> None:
+    """``python -m sweep``: check the command line and the job's inputs (no model, nothing written),
+    then hand over to Hydra. Any bad input, Hydra's own errors included, ends as one line, exit 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        with tracked_run(experiment_id, name, tags) as run:
-            run_id = run.info.run_id
-            raise exc
-    except QuantInputError:
-        pass
-    return run_id
+        preflight(argv)
+    except QuantInputError as exc:
+        _exit_bad_input(exc)
+    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises its errors instead of printing them over lines
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        if user_wants_traceback:
+            raise
+        _exit_bad_input(hydra_input_error(exc))
 
 
-def _last_run_id(before: str | None = None) -> str | None:
-    """The id of the run MLflow last started, unless it is ``before`` (the job then started none)."""
-    run = mlflow.last_active_run()
-    run_id = run.info.run_id if run is not None else None
-    return None if run_id == before else run_id
-
-
-def print_results(outcome: JobOutcome, cfg: DictConfig) -> None:
-    """The small table a user reads after a single run, and how to open MLflow."""
-    m = outcome.metrics
-    n = int(m.get("boolq_n", 0))
-    rows = [
-        ("float", m.get("float_boolq_acc"), None),
-        (outcome.quant_type, m.get("boolq_acc"), m.get("vs_float_accuracy_delta")),
-    ]
-    print(f"\n{'model':<12} {'BoolQ acc (n=' + str(n) + ')':>20} {'delta vs float':>15}")
-    for label, acc, delta in rows:
-        acc_text = "-" if acc is None else f"{acc:.4f}"
-        delta_text = "" if delta is None else f"{delta:+.4f}"
-        print(f"{label:<12} {acc_text:>20} {delta_text:>15}")
-    if "vs_float_mcnemar_p" in m:
-        print(f"flip rate {m['vs_float_flip_rate']:.3f}, McNemar p = {m['vs_float_mcnemar_p']:.3f}")
-    print(f"quantize time {m.get('quantize_s', 0):.1f} s; saved to {outcome.save_directory}")
-    print(f"MLflow run id: {outcome.run_id} (experiment '{cfg.tracking.experiment_name}')")
-    print(f"MLflow UI: mlflow ui --backend-store-uri {cfg.tracking.tracking_uri}  then open http://127.0.0.1:5000")
+def _exit_bad_input(exc: QuantInputError) -> None:
+    print(f"sweep: error: {exc}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
 
 
 @hydra.main(config_path=str(REPO_ROOT / "conf"), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    """One job of the sweep; returns its selection objective (NaN for a failed job in a multirun)."""
-    started = time.perf_counter()
-    hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    parent = read_parent_file(hydra_cfg.sweep.dir) if multirun else None
-    if multirun and parent is None:
-        log.warning("no parent run recorded in %s (hydra.callbacks without SweepParentRun?)", hydra_cfg.sweep.dir)
-    choices = {k: str(v) for k, v in hydra_cfg.runtime.choices.items()}
-    name = run_name(cfg, choices, list(hydra_cfg.overrides.task))
-    tags = job_tags(cfg, parent)
-    total = f"/{parent.n_jobs}" if parent is not None and parent.n_jobs else ""
-    job = f"job {hydra_cfg.job.num + 1}{total}" if multirun else "run"
+    """One job of the sweep (:func:`sweep.task.run_task`); returns its selection objective."""
+    from sweep.task import run_task  # torch, transformers, MLflow: imported once the preflight has passed
 
-    def report(status: str, run_id: str | None = None, metrics: dict | None = None, note: str = "") -> None:
-        line = progress_line(job, name, status, time.perf_counter() - started, run_id, metrics, note)
-        print(line, flush=True)
-
-    if multirun and cfg.get("resume", True):
-        done = _skip_if_finished(cfg, tags, parent)
-        if done is not None:
-            report("SKIPPED (finished before)", done[0], done[1])
-            return search_objective(done[1], configured_rule())
-    try:
-        qcfg = quant_config_from_hydra(cfg)
-        log_weights = log_weights_policy(cfg, multirun)
-    except QuantInputError as exc:
-        if not multirun:
-            print(f"sweep: error: {exc}", file=sys.stderr)
-            sys.exit(EXIT_BAD_INPUT)
-        report("FAILED", _record_invalid_job(cfg, name, tags, exc), note=str(exc))
-        return math.nan
-    previous_run = _last_run_id()
-    try:
-        outcome = run_job(cfg, qcfg, name, tags, log_weights)
-    except QuantInputError as exc:
-        if not multirun:
-            print(f"sweep: error: {exc}", file=sys.stderr)
-            sys.exit(EXIT_BAD_INPUT)
-        report("FAILED", _last_run_id(previous_run), note=str(exc))
-        return math.nan
-    except Exception as exc:
-        log.exception("job %s failed", name)
-        if not multirun:
-            print(f"sweep: error: job failed: {exc.__class__.__name__}: {exc}", file=sys.stderr)
-            sys.exit(EXIT_JOB_FAILED)
-        report("FAILED", _last_run_id(previous_run), note=f"{exc.__class__.__name__}: {exc}")
-        return math.nan
-    if multirun:
-        report("FINISHED", outcome.run_id, outcome.metrics)
-    else:
-        print_results(outcome, cfg)
-    return search_objective(outcome.metrics, configured_rule())
+    return run_task(cfg)

@@ -46,7 +46,7 @@ def test_progress_lines_ranking_table_and_failure_summary(sweep8):
     assert [line.split("]")[0] for line in lines] == [f"[job {i}/{N_JOBS}" for i in range(1, N_JOBS + 1)]
     assert sum("| FINISHED " in line for line in lines) == N_JOBS - 1
     (failed_line,) = [line for line in lines if "| FAILED" in line]
-    assert failed_line.startswith("[job 6/8] w8a8-m1-act1-L1-boolq50 |") and "not empty" in failed_line
+    assert failed_line.startswith("[job 6/8] w8a8-m1-act1-L1-boolq50-") and "not empty" in failed_line
     for line in lines:
         if "| FINISHED " in line:
             assert re.search(r"\| acc \d\.\d{4} Δ [+-]\d\.\d{4} \| \d+\.\d s \| FINISHED [0-9a-f]{8}$", line), line

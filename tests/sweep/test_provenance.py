@@ -127,3 +127,26 @@ def test_reap_marks_only_runs_of_dead_processes_on_this_host_killed(tiny_inputs)
     assert reap_dead_runs(client, experiment_id, "k") == [orphan]
     statuses = {r: client.get_run(r).info.status for r in (orphan, alive, remote, other_sweep)}
     assert statuses == {orphan: "KILLED", alive: "RUNNING", remote: "RUNNING", other_sweep: "RUNNING"}
+
+
+def test_run_names_tell_configs_apart(tiny_model_dir):
+    """Configs that differ beyond the short axes (a quant.* setting, a model) get different names,
+    and the readable part names the overridden setting."""
+    from sweep.task import run_name
+
+    base = [f"model.path={tiny_model_dir}", "anti_method=none", "eval.boolq.limit=50"]
+    variants = [
+        base,
+        [*base, "quant.disable_last_linear=false"],
+        [*base, "quant.disable_threshold=2"],
+        [*base, "eval.boolq.limit=20"],
+        [*base, "calib=teacher_qualification"],
+    ]
+    names = []
+    for overrides in variants:
+        cfg = _compose(overrides)
+        choices = {"scheme": "w8a8", "anti_method": "none", "calib": str(cfg.calib.name)}
+        names.append(run_name(cfg, choices, overrides, config_hash(cfg)))
+    assert len(set(names)) == len(names), names
+    assert names[0].startswith("w8a8-none-act1-L0-boolq50-")
+    assert names[1].startswith("w8a8-none-act1-L0-boolq50[quant.disable_last_linear=false]-")
