@@ -9,7 +9,8 @@ baseline's rows; their baseline is the champion (default), a run (``--against RU
 result file (``--against FILE.json``). ``--history`` prints every recorded check per recipe.
 
 The verdict is the paired non-inferiority gate of :mod:`eval.noninferiority` (``margin``,
-``alpha``). Every check is recorded as an MLflow run (:mod:`sweep.regress_record`).
+``alpha``). Every check is recorded as an MLflow run (:mod:`sweep.regress_record`); ``--history``
+prints them per recipe and plots them (:mod:`sweep.regress_history`).
 
 Exit codes: 0 pass, 1 regression (the drop exceeds the margin), 2 bad input, 3 cannot decide at
 this n.
@@ -25,6 +26,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -48,6 +50,8 @@ from sweep.recipe import (
     run_result,
 )
 from sweep.registry import weight_hashes
+from sweep.regress_history import history_figure, history_table
+from sweep.regress_record import HISTORY_PLOT_ARTIFACT, record_check, record_history, recorded_checks
 from sweep.runs import resolve_run_id
 from sweep.tracking import open_existing_experiment, sha256_file
 
@@ -74,6 +78,7 @@ class Check:
 
     mode: str  # "recipe" | "run" | "model"
     recipe_key: str  # the re-run recipe's config_hash, or the candidate's label
+    recipe_name: str  # the recipe's run name (or the candidate's label): how the history names it
     reference: Side
     candidate: Side
     comparison: BoolQComparison
@@ -166,6 +171,7 @@ def check_recipe(client: MlflowClient, recipe: Recipe, cfg: DictConfig, device: 
     return Check(
         "recipe",
         recipe.config_hash,
+        recipe.record.name,
         Side(recipe.label, recipe.result),
         Side("rebuilt with today's code", candidate),
         comparison,
@@ -195,13 +201,14 @@ def check_candidate(
     if run is not None:
         run = resolve_run_id(client, experiment_id, run)
         candidate = Side(f"run {run[:8]}", run_result(client, run))
-        mode, key = "run", client.get_run(run).data.tags.get("config_hash", run)
+        info = client.get_run(run)
+        mode, key, name = "run", info.data.tags.get("config_hash", run), info.info.run_name or run[:8]
     else:
         candidate = Side(f"model {model}", evaluate_like(str(model), baseline.result, device))
-        mode, key = "model", str(model)
+        mode, key, name = "model", str(model), Path(str(model)).name
     comparison, verdict = gate(baseline.result, candidate.result, cfg)
     model_name = str(cfg.registry.model_name) if version is not None else None
-    return Check(mode, key, baseline, candidate, comparison, verdict, baseline_run, model_name, version)
+    return Check(mode, key, name, baseline, candidate, comparison, verdict, baseline_run, model_name, version)
 
 
 def report(check: Check) -> str:
@@ -227,9 +234,9 @@ def report(check: Check) -> str:
     return "\n".join(lines)
 
 
-def write_json(check: Check, path: str) -> None:
-    """The verdict, comparison and tensor diff as JSON (for CI)."""
-    payload = {
+def check_payload(check: Check) -> dict[str, Any]:
+    """The verdict, comparison and tensor diff, JSON-ready (``--json``, and the recorded run)."""
+    return {
         "status": check.verdict.status,
         "passed": check.verdict.passed,
         "exit_code": check.exit_code,
@@ -240,11 +247,29 @@ def write_json(check: Check, path: str) -> None:
         "bytes_identical": check.bytes_identical,
         "tensor_diff": check.tensor_diff.to_dict() if check.tensor_diff is not None else None,
     }
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def history(cfg: DictConfig, plot_path: str | None) -> int:
+    """Print every recorded check per recipe, log the table and plot as a history run's artifacts."""
+    tracking = cfg.tracking
+    client, experiment_id = open_existing_experiment(tracking.tracking_uri, str(cfg.record.experiment_name))
+    records = recorded_checks(client, experiment_id)
+    if not records:
+        raise QuantInputError("record.experiment_name", f"no finished checks in {cfg.record.experiment_name!r}")
+    table = history_table(records)
+    print(table)
+    figure = history_figure(records)
+    if plot_path:
+        figure.savefig(plot_path, dpi=120)
+    run_id = record_history(client, experiment_id, table, figure)
+    print(f"plot: run {run_id} artifact {HISTORY_PLOT_ARTIFACT} in experiment '{cfg.record.experiment_name}'")
+    return EXIT_PASS
 
 
 def regress(cfg: DictConfig, args: argparse.Namespace) -> int:
     """Run one check (or print the history); returns the exit code."""
+    if args.history:
+        return history(cfg, args.plot)
     client, experiment_id = open_existing_experiment(cfg.tracking.tracking_uri, cfg.tracking.experiment_name)
     if args.recipe is not None:
         recipe = load_recipe(client, experiment_id, args.recipe, str(cfg.registry.model_name), str(cfg.registry.alias))
@@ -252,10 +277,13 @@ def regress(cfg: DictConfig, args: argparse.Namespace) -> int:
             check = check_recipe(client, recipe, cfg, args.device, Path(tmp))
     else:
         check = check_candidate(client, experiment_id, cfg, args.run, args.model, args.against, args.device)
-    text = report(check)
-    print(text)
+    if cfg.record.enabled:
+        tracking = cfg.tracking
+        run_id = record_check(check, tracking.tracking_uri, str(cfg.record.experiment_name), tracking.artifact_root)
+        print(f"recorded as run {run_id} in experiment '{cfg.record.experiment_name}'")
+    print(report(check))
     if args.json_path:
-        write_json(check, args.json_path)
+        Path(args.json_path).write_text(json.dumps(check_payload(check), indent=2) + "\n", encoding="utf-8")
     return check.exit_code
 
 
@@ -267,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     what.add_argument("--run", help="a finished run id: compare its logged BoolQ result")
     what.add_argument("--model", help="a saved quantized model directory or MLflow URI: evaluate it")
+    what.add_argument("--history", action="store_true", help="print every recorded check per recipe, plot it")
+    parser.add_argument("--plot", help="with --history: also write the plot to this PNG file")
     parser.add_argument(
         "--against",
         default="champion",

@@ -165,3 +165,43 @@ def write_json(path: Path, payload: object) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload), encoding="utf-8")
     return path
+
+
+def fake_check(champion: list[bool], correct: list[bool], margin: float = 0.05):
+    """A recipe check of a candidate with per-example ``correct`` against a champion with
+    ``champion`` (both as :func:`boolq_result_dict`), gated with ``margin``; nothing evaluated."""
+    from omegaconf import OmegaConf
+
+    from eval.boolq import BoolQResult
+    from sweep.regress import Check, Side, gate
+
+    reference = BoolQResult.from_dict(boolq_result_dict(champion))
+    candidate = BoolQResult.from_dict(boolq_result_dict(correct))
+    comparison, verdict = gate(reference, candidate, OmegaConf.create({"margin": margin, "alpha": 0.05}))
+    reference_side = Side("llama-quant version 1 (run 1a2b3c4d)", reference)
+    candidate_side = Side("rebuilt with today's code", candidate)
+    return Check(
+        "recipe",
+        "0123456789abcdef",
+        "w8a8-m1-act1-L0-boolq50",
+        reference_side,
+        candidate_side,
+        comparison,
+        verdict,
+        "1a2b3c4d" * 4,
+        "llama-quant",
+        "1",
+        True,
+    )
+
+
+def fake_origin(commit: str, torch_version: str) -> dict[str, str]:
+    """Provenance tags of a check made at ``commit`` (repeated to 40 characters) with ``torch_version``."""
+    return {
+        "git_commit": (commit * 40)[:40],
+        "git_dirty": "false",
+        "version.torch": torch_version,
+        "version.transformers": "4.57.1",
+        "version.lm_eval": "0.4.9",
+        "version.llama-quant-harness": "0.1.0",
+    }

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from sweep.regress import main
 from sweep.select import main as select_main
-from sweep_helpers import EXPERIMENT, boolq_result_dict, run_module, write_json
+from sweep_helpers import EXPERIMENT, artifact_paths, boolq_result_dict, run_module, write_json
 
 BASELINE = [True] * 8 + [False] * 2  # 0.8
 DROPPED = [True] * 5 + [False] * 5  # 0.5: three answers the baseline had right are now wrong
@@ -55,6 +55,33 @@ def test_constructed_drop_exits_nonzero_with_a_clear_report(constructed):
         last.startswith("REGRESSION: fail: drop +0.3, one-sided 95% bounds [+0.02318,")
         and "(n=10, tango-score)" in last
     )
+
+
+def test_every_check_is_recorded_linked_to_the_champion(constructed, tmp_path, capsys):
+    inputs, ids = constructed
+    assert main(["--run", ids["dropped"], *inputs.tool_args()]) == 1
+    first = capsys.readouterr().out.splitlines()[0]
+    client = MlflowClient(inputs.uri)
+    experiment = client.get_experiment_by_name("llama-quant-regress")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert first == f"recorded as run {run.info.run_id} in experiment 'llama-quant-regress'"
+    tags, metrics = run.data.tags, run.data.metrics
+    assert tags["regress.role"] == "check" and tags["regress.mode"] == "run" and tags["regress.verdict"] == "fail"
+    assert tags["regress.reference_run"] == ids["champion"] and tags["regress.model_version"] == "1"
+    assert tags["regress.recipe"] == "dropped" and tags["regress.recipe_name"] == "dropped"
+    assert tags["git_commit"] and tags["version.torch"] and tags["version.transformers"] and tags["version.lm_eval"]
+    assert tags["version.llama-quant-harness"] and tags["fingerprint.boolq_data"] == "0" * 64
+    assert ids["champion"] in tags["mlflow.note.content"]
+    assert metrics["candidate_acc"] == 0.5 and metrics["baseline_acc"] == 0.8
+    assert metrics["delta"] == pytest.approx(-0.3) and metrics["gate_status"] == -1.0
+    assert metrics["gate_lower_bound"] == pytest.approx(0.02318, abs=1e-5) and metrics["gate_margin"] == 0.01
+    assert artifact_paths(client, run.info.run_id) == {
+        "regress/report.txt",
+        "regress/verdict.json",
+        "eval/boolq_result.json",
+    }
+    assert main(["--run", ids["same"], *inputs.tool_args(), "record.enabled=false"]) == 3
+    assert len(client.search_runs([experiment.experiment_id])) == 1
 
 
 def test_same_accuracy_cannot_be_decided_on_ten_rows_unless_the_margin_is_wide(constructed, tmp_path, capsys):

@@ -91,6 +91,15 @@ def test_planted_change_names_the_tensors_and_fails_the_gate(recorded, tmp_path,
     assert ".quant_bias (torch.int32): max rel error" in out and "% of 64 elements changed" in out
     assert payload["verdict"]["lower_bound"] >= 0.03
     assert out.strip().splitlines()[-1].startswith("REGRESSION: fail: drop +")
+    run_id = out.splitlines()[0].split()[3]  # "recorded as run <id> in experiment ..."
+    client = MlflowClient(recorded.inputs.uri)
+    run = client.get_run(run_id)
+    assert run.data.tags["regress.bytes_identical"] == "false" and run.data.tags["regress.verdict"] == "fail"
+    assert run.data.tags["regress.recipe"] == client.get_run(recorded.champion_run).data.tags["config_hash"]
+    assert run.data.tags["fingerprint.model"] and len(run.data.tags["fingerprint.calib_sha256"]) == 64
+    assert run.data.metrics["tensors_changed"] == n_changed
+    diff = json.loads(Path(client.download_artifacts(run_id, "regress/tensor_diff.json", str(tmp_path))).read_text())
+    assert diff == payload["tensor_diff"]
 
 
 def test_planted_change_on_ten_rows_cannot_decide(recorded, capsys, monkeypatch):
