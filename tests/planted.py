@@ -39,7 +39,7 @@ def write_planted_inputs(root: Path) -> list[str]:
     build_tiny_tokenizer().save_pretrained(root / "model")
     calib = write_calib_file(root / "calib.jsonl")
     text = root / "text.raw"
-    text.write_text("\n".join(TEXT_LINES * 20) + "\n")
+    text.write_text("\n".join(TEXT_LINES * 80) + "\n")
     return [
         f"model.path={root / 'model'}",
         f"calib.calib_file={calib}",

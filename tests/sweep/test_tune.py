@@ -1,0 +1,141 @@
+"""python -m sweep.tune: the search on a scripted judge, and the whole tune on a tiny model with a
+planted sensitive linear (ranking, bisection, early stops, confirmation, promotion, resume)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from planted import PLANTED, write_planted_inputs
+
+from eval.noninferiority import paired_scores
+from sweep.tune import main
+from sweep.tune_search import Candidate, search
+from sweep.workbench import Setting
+
+RUNGS = [20, 40, 80]
+
+
+class ScriptedJudge:
+    """Per-block drops with a known mean per candidate: a setting needs ``needed[setting]`` float
+    linears to be within the margin; each extra one halves the drop."""
+
+    def __init__(self, needed: dict[Setting, int], margin: float = 0.1):
+        self.needed, self.margin = needed, margin
+        self.calls: list[tuple[str, int]] = []
+
+    def verdict(self, candidate: Candidate, units: int):
+        self.calls.append((candidate.key, units))
+        gap = self.needed[candidate.setting] - candidate.n_float
+        mean = self.margin * (3.0 if gap > 0 else 0.2 / (1 - gap))
+        noise = np.random.default_rng(abs(hash(candidate.key)) % 2**32).normal(0, 0.05, units)
+        return paired_scores(np.zeros(units), mean + noise, self.margin, higher_is_better=False)
+
+
+def test_bisection_finds_the_fewest_float_linears_and_stops_losers_at_the_first_rung():
+    a, b, c = Setting("none", 1), Setting("m1", 1), Setting("m1", 3)
+    judge = ScriptedJudge({a: 3, b: 2, c: 4})
+    outcome = search(judge, [a, b, c], max_float=5, rungs=RUNGS)
+    assert outcome.winner.candidate == Candidate(b, 2)
+    assert outcome.winner.units == RUNGS[-1]  # confirmed on the full set
+    # Losers (too few float linears) fail on the first rung and are never evaluated further.
+    losers = {key for key, _ in judge.calls if int(key[-1]) < {"none-act1": 3, "m1-act1": 2, "m1-act3": 4}[key[:-7]]}
+    assert losers and all(units == RUNGS[0] for key, units in judge.calls if key in losers)
+    # After b passes with 2, c is searched only up to 2 (a candidate with more float linears cannot win).
+    assert all(int(key[-1]) <= 2 for key, _ in judge.calls if key.startswith("m1-act3"))
+    assert len({key for key, _ in judge.calls}) < 3 * 6  # fewer candidates than the grid
+
+
+def test_nothing_passes_when_every_setting_needs_more_than_max_float():
+    judge = ScriptedJudge({Setting("none", 1): 9})
+    outcome = search(judge, [Setting("none", 1)], max_float=3, rungs=RUNGS)
+    assert outcome.winner is None and all(r.status == "fail" for r in outcome.races)
+
+
+@pytest.fixture()
+def planted(tmp_path, mlflow_template) -> list[str]:
+    overrides = write_planted_inputs(tmp_path)
+    shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")
+    return [
+        *overrides,
+        "tokens.n_blocks=80",
+        "rungs=[20,40,80]",
+        "target.margin=0.0002",
+        "space.anti_method=[none]",
+        "space.act_method=[1,3]",
+        "space.max_float=4",
+        f"save_directory={tmp_path / 'out'}",
+    ]
+
+
+def _client(overrides: list[str]) -> MlflowClient:
+    return MlflowClient(next(o.split("=", 1)[1] for o in overrides if o.startswith("tracking.tracking_uri=")))
+
+
+def _evaluations(client: MlflowClient) -> list[tuple[str, int]]:
+    experiment = client.get_experiment_by_name("llama-quant")
+    runs = client.search_runs([experiment.experiment_id], "tags.`tune.role` = 'evaluation'", max_results=1000)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    return [(r.data.tags["tune.candidate"], int(r.data.tags["tune.units"])) for r in runs]
+
+
+@pytest.mark.parametrize("ranking", ["sqnr", "kl"])
+def test_tune_keeps_the_planted_linear_float_and_promotes_the_winner(planted, ranking, capsys, tmp_path):
+    assert main([*planted, f"ranking={ranking}", "sensitivity_blocks=4"]) == 0
+    out = capsys.readouterr().out
+    client = _client(planted)
+    version = client.get_model_version_by_alias("llama-quant", "champion")
+    winner = client.get_run(version.run_id)
+    assert winner.data.tags["tune.role"] == "winner"
+    recipe = json.loads(Path(client.download_artifacts(winner.info.run_id, "recipe.json", str(tmp_path))).read_text())
+    assert recipe["disable_names"] == [PLANTED]  # one float linear, the planted one
+    assert winner.data.tags["tune.candidate"].endswith("-float1")
+    evaluations = _evaluations(client)
+    assert len(evaluations) == len(set(evaluations))  # every (candidate, rung) once
+    # Candidates with no float linear fail on the first rung: never evaluated on more blocks.
+    assert {units for key, units in evaluations if key.endswith("-float0")} == {20}
+    parent = client.get_run(winner.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["tune.winner"] == winner.data.tags["tune.candidate"]
+    assert "blocks evaluated" in out and "full grid" in out
+    report = Path(client.download_artifacts(parent.info.run_id, "tune/report.txt", str(tmp_path))).read_text()
+    assert "blocks evaluated" in report and f"{PLANTED}" not in report
+    grid_line = next(line for line in out.splitlines() if line.startswith("blocks evaluated"))
+    tune_blocks, grid_blocks = (int(v) for v in grid_line.split()[2:4])
+    assert tune_blocks < grid_blocks == 2 * 5 * 80
+    sensitivity = int(next(line for line in out.splitlines() if "of which sensitivity" in line).split()[-1])
+    assert sensitivity == (2 * 14 * 4 if ranking == "kl" else 0)  # 14 linears x 4 blocks per setting
+
+
+def test_a_stopped_tune_resumes_without_repeating_evaluations(planted, capsys):
+    assert main([*planted, "budget.max_evaluations=3"]) == 3
+    assert "run the same command again" in capsys.readouterr().out
+    client = _client(planted)
+    first = _evaluations(client)
+    assert len(first) == 3
+    assert main(planted) == 0
+    out = capsys.readouterr().out
+    assert "(resumed)" in out and "reused evaluations (resume): 3" in out
+    evaluations = _evaluations(client)
+    assert set(first) <= set(evaluations) and len(evaluations) == len(set(evaluations))
+    tunes = client.search_runs(
+        [client.get_experiment_by_name("llama-quant").experiment_id], "tags.`tune.role` = 'tune'"
+    )
+    assert len(tunes) == 1 and tunes[0].info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("target.metric=bleu", "target.metric: invalid value 'bleu'; valid values: kl, nll"),
+        ("rungs=[20,40]", "rungs: invalid value [20, 40]; valid values: the last rung must be the full set"),
+        ("ranking=random", "ranking: invalid value 'random'; valid values: sqnr, kl"),
+    ],
+)
+def test_bad_input_is_one_line(planted, override, message, capsys):
+    assert main([*planted, override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sweep.tune: error: {message}")
