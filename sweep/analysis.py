@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from sweep.runs import RunRecord
+from sweep.run_records import RunRecord
 
 _LEVEL_RE = re.compile(r"^L(\d+)$")
 # Settings that, with the level, define one "ladder" of disable_level runs in layer_sensitivity.

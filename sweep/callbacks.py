@@ -1,15 +1,17 @@
 """The Hydra callback that gives every multirun one parent MLflow run, and prints its summary.
 
-``on_multirun_start`` opens (or, for a re-run of the same sweep, reopens) the parent run, marks
-runs of dead processes KILLED, and writes the parent's id into the sweep directory for the jobs.
-``on_multirun_end`` prints the ranking table and the failures, logs them (with plots) to the
-parent run, and closes it.
+``on_multirun_start`` opens (or, for a re-run of the same sweep, reopens) the parent run (opening
+the store marks runs of dead processes KILLED) and writes the parent's id into the sweep directory
+for the jobs; when it cannot, the sweep stops there with one line (exit 2 for bad input, else 1)
+instead of Hydra's warning. ``on_multirun_end`` prints the ranking table and the failures, logs
+them (with plots) to the parent run, closes it, and exits 1 when any config did not finish.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -18,12 +20,14 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from quant.errors import QuantInputError
 from sweep.analysis import grid_table, runs_frame
+from sweep.app import EXIT_BAD_INPUT, EXIT_JOB_FAILED
+from sweep.parent_run import ParentRun, open_parent_run, write_parent_file
 from sweep.plots import grid_figure, pareto_figure
 from sweep.provenance import git_state, package_versions, sweep_key
-from sweep.runs import latest_per_config, sweep_runs
+from sweep.run_records import latest_per_config, sweep_runs
 from sweep.summary import failure_lines, ranking_table
-from sweep.sweep_run import ParentRun, open_parent_run, reap_dead_runs, write_parent_file
 from sweep.tracking import finite_metrics, setup_experiment
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,24 @@ class SweepParentRun(Callback):
         self._previous_sigterm: Any = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exception into a warning and launches the jobs anyway: without a
+        # parent they would log nowhere sensible, so the sweep ends here.
+        try:
+            self._open_parent(config, kwargs.get("config_name"))
+        except QuantInputError as exc:
+            print(f"sweep: error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+        except Exception as exc:
+            log.exception("could not open the sweep's parent run")
+            message = f"could not open the sweep's parent run: {exc.__class__.__name__}: {exc}"
+            print(f"sweep: error: {message}", file=sys.stderr)
+            sys.exit(EXIT_JOB_FAILED)
+        try:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends runs as KILLED
+        except ValueError:  # not the main thread
+            self._previous_sigterm = None
+
+    def _open_parent(self, config: DictConfig, config_name: str | None) -> None:
         HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the tracking settings
         tracking = config.tracking
         experiment_id = setup_experiment(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_root)
@@ -63,8 +85,7 @@ class SweepParentRun(Callback):
         task_overrides = list(config.hydra.overrides.task)
         params = config.hydra.sweeper.get("params")
         sweeper_params = OmegaConf.to_container(params, resolve=False) if params else {}
-        key = sweep_key(kwargs.get("config_name"), task_overrides, sweeper_params)
-        reap_dead_runs(client, experiment_id, key)
+        key = sweep_key(config_name, task_overrides, sweeper_params)
         choices = config.hydra.runtime.choices
         grid = str(choices.get("grid") or (f"search-{choices.search}" if choices.get("search") else "cli"))
         n_jobs = count_jobs(config)
@@ -88,11 +109,10 @@ class SweepParentRun(Callback):
         )
         write_parent_file(config.hydra.sweep.dir, self.parent)
         verb = "resuming" if reopened else "starting"
-        print(f"sweep {key}: {verb} parent run {self.parent.run_id} ({n_jobs or '?'} jobs)", flush=True)
-        try:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends runs as KILLED
-        except ValueError:  # not the main thread
-            self._previous_sigterm = None
+        print(
+            f"sweep {key}: {verb} parent run {self.parent.run_id} ({n_jobs or '?'} jobs) in {config.hydra.sweep.dir}",
+            flush=True,
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._previous_sigterm is not None:
@@ -114,6 +134,8 @@ class SweepParentRun(Callback):
             print("\n".join(f"  {line}" for line in failures))
         self._log_summary(client, records, table, failures)
         client.set_terminated(self.parent.run_id, status=RunStatus.to_string(RunStatus.FINISHED))
+        if failures:
+            sys.exit(EXIT_JOB_FAILED)  # CI sees a sweep with failed jobs
 
     def _log_summary(self, client: MlflowClient, records: list, table: str, failures: list[str]) -> None:
         run_id = self.parent.run_id

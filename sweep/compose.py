@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from quant.errors import QuantInputError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)  # conf/config.yaml's data_root
+# A suffix of hydra.sweep.dir that differs between sweeps started in the same second. Cached like
+# Hydra's ${now:}: every job of a sweep (Hydra copies the cache into each job's config) sees one value.
+OmegaConf.register_new_resolver("sweep_suffix", lambda: secrets.token_hex(3), use_cache=True, replace=True)
 
 
 def compose_tool_config(config_name: str, overrides: Sequence[str]) -> DictConfig:

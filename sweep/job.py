@@ -138,7 +138,14 @@ def _float_size_bytes(loaded: LoadedModel) -> float:
     return float(sum(t.numel() * itemsize for t in loaded.model.state_dict().values()))
 
 
-def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, str], log_weights: bool) -> JobOutcome:
+def run_job(
+    cfg: DictConfig,
+    qcfg: QuantConfig,
+    run_name: str,
+    tags: dict[str, str],
+    log_weights: bool,
+    run_id: str | None = None,
+) -> JobOutcome:
     """Quantize, save, evaluate and log one recipe inside its own MLflow run.
 
     Shared work (float model, its statistics, the smoothed model, float baseline) comes from
@@ -150,7 +157,7 @@ def run_job(cfg: DictConfig, qcfg: QuantConfig, run_name: str, tags: dict[str, s
     tracking = cfg.tracking
     experiment_id = setup_experiment(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_root)
     shared_work.reset_events()
-    with tracked_run(experiment_id, run_name, tags) as run:
+    with tracked_run(experiment_id, run_name, tags, run_id=run_id) as run:
         mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
         overwrite = bool(cfg.overwrite) or _is_own_leftover(qcfg)

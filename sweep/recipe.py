@@ -27,7 +27,7 @@ from sweep.hydra_config import quant_config_from_hydra
 from sweep.job import BOOLQ_RESULT_ARTIFACT, WEIGHTS_ARTIFACT_DIR
 from sweep.provenance import config_hash, model_fingerprint
 from sweep.registry import weight_hashes
-from sweep.runs import RunRecord, resolve_run_id
+from sweep.run_records import RunRecord, resolve_run_id
 
 RESOLVED_CONFIG_ARTIFACT = "config/resolved.yaml"  # what sweep.job logs with every run
 # Tags a job sets with the sha256 of its calibration files (absent on runs logged before them).

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from quant.errors import QuantInputError
 from sweep.job import WEIGHTS_ARTIFACT_DIR
-from sweep.runs import RunRecord
+from sweep.run_records import RunRecord
 from sweep.tracking import sha256_file
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,7 @@ from sweep.recipe import (
 from sweep.registry import weight_hashes
 from sweep.regress_history import history_figure, history_table
 from sweep.regress_record import HISTORY_PLOT_ARTIFACT, record_check, record_history, recorded_checks
-from sweep.runs import resolve_run_id
+from sweep.run_records import resolve_run_id
 from sweep.tracking import open_existing_experiment, sha256_file
 
 EXIT_PASS = 0

@@ -29,7 +29,7 @@ from eval.noninferiority import FAIL, PASS, UNDECIDED, Verdict
 from quant.errors import QuantInputError, invalid_value
 from sweep.compose import CONF_DIR, compose_tool_config
 from sweep.registry import promote
-from sweep.runs import RunRecord, job_runs, latest_per_config, sweep_runs
+from sweep.run_records import RunRecord, job_runs, latest_per_config, sweep_runs
 from sweep.summary import fmt, fmt_mb, fmt_signed, format_table
 from sweep.targets import run_verdict, target
 from sweep.tracking import open_existing_experiment

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sweep.runs import RunRecord
+from sweep.run_records import RunRecord
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2) -> str:

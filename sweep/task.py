@@ -23,22 +23,16 @@ from omegaconf import DictConfig
 
 from quant.errors import QuantInputError
 from sweep.app import EXIT_BAD_INPUT, EXIT_JOB_FAILED
+from sweep.claims import Claim, claim_config
 from sweep.hydra_config import quant_config_from_hydra
 from sweep.inputs import log_weights_policy
 from sweep.job import JobOutcome, run_job
+from sweep.parent_run import KEY_TAG, PARENT_TAG, REUSED_TAG_PREFIX, ROLE_TAG, ParentRun, read_parent_file
 from sweep.provenance import config_hash, git_state, package_versions
+from sweep.run_owner import owner_tags
 from sweep.select import configured_rule, search_objective
+from sweep.stale_runs import OUTPUT_TAG
 from sweep.summary import progress_line
-from sweep.sweep_run import (
-    KEY_TAG,
-    PARENT_TAG,
-    REUSED_TAG_PREFIX,
-    ROLE_TAG,
-    ParentRun,
-    finished_run,
-    owner_tags,
-    read_parent_file,
-)
 from sweep.tracking import setup_experiment, tracked_run
 
 log = logging.getLogger("sweep")
@@ -82,6 +76,7 @@ def job_tags(cfg: DictConfig, parent: ParentRun | None) -> dict[str, str]:
             "config_hash": config_hash(cfg),
             "hydra_overrides": " ".join(hydra_cfg.overrides.task)[:5000],
             ROLE_TAG: "job",
+            OUTPUT_TAG: str(cfg.save_directory),
             **git_state(),
             **package_versions(),
             **owner_tags(),
@@ -92,20 +87,20 @@ def job_tags(cfg: DictConfig, parent: ParentRun | None) -> dict[str, str]:
     return tags
 
 
-def _skip_if_finished(cfg: DictConfig, tags: dict[str, str], parent: ParentRun | None) -> tuple[str, dict] | None:
-    """Resume: the id and metrics of a FINISHED run of this config in the experiment, if any."""
+def _claim(cfg: DictConfig, name: str, tags: dict[str, str], parent: ParentRun | None) -> Claim:
+    """Resume and claims (:mod:`sweep.claims`): a FINISHED run of this config to reuse (recorded on the
+    parent when it is not one of its children), else this job's own RUNNING run."""
     tracking = cfg.tracking
     experiment_id = setup_experiment(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_root)
     client = MlflowClient(tracking.tracking_uri)
-    run = finished_run(client, experiment_id, tags["config_hash"])
-    if run is None:
-        return None
-    if parent is not None and run.data.tags.get(PARENT_TAG) != parent.run_id:
+    claim = claim_config(client, tracking.tracking_uri, experiment_id, tags["config_hash"], name, tags)
+    run = claim.finished
+    if run is not None and parent is not None and run.data.tags.get(PARENT_TAG) != parent.run_id:
         client.set_tag(parent.run_id, REUSED_TAG_PREFIX + tags["config_hash"], run.info.run_id)
-    return run.info.run_id, dict(run.data.metrics)
+    return claim
 
 
-def _record_invalid_job(cfg: DictConfig, name: str, tags: dict[str, str], exc: Exception) -> str:
+def _record_invalid_job(cfg: DictConfig, name: str, tags: dict[str, str], exc: QuantInputError) -> str:
     """In a multirun a job with a bad config is still a job: record it as FAILED; returns the run id."""
     tracking = cfg.tracking
     experiment_id = setup_experiment(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_root)
@@ -164,11 +159,6 @@ def run_task(cfg: DictConfig) -> float:
         line = progress_line(job, name, status, time.perf_counter() - started, run_id, metrics, note)
         print(line, flush=True)
 
-    if multirun and cfg.get("resume", True):
-        done = _skip_if_finished(cfg, tags, parent)
-        if done is not None:
-            report("SKIPPED (finished before)", done[0], done[1])
-            return search_objective(done[1], configured_rule())
     try:
         qcfg = quant_config_from_hydra(cfg)
         log_weights = log_weights_policy(cfg, multirun)
@@ -178,21 +168,30 @@ def run_task(cfg: DictConfig) -> float:
             sys.exit(EXIT_BAD_INPUT)
         report("FAILED", _record_invalid_job(cfg, name, tags, exc), note=str(exc))
         return math.nan
+    claimed_run = None
+    if multirun and cfg.get("resume", True):
+        claim = _claim(cfg, name, tags, parent)
+        if claim.finished is not None:
+            done = claim.finished
+            status = "SKIPPED (finished by another sweep)" if claim.waited else "SKIPPED (finished before)"
+            report(status, done.info.run_id, dict(done.data.metrics))
+            return search_objective(dict(done.data.metrics), configured_rule())
+        claimed_run = claim.run_id
     previous_run = _last_run_id()
     try:
-        outcome = run_job(cfg, qcfg, name, tags, log_weights)
+        outcome = run_job(cfg, qcfg, name, tags, log_weights, run_id=claimed_run)
     except QuantInputError as exc:
         if not multirun:
             print(f"sweep: error: {exc}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
-        report("FAILED", _last_run_id(previous_run), note=str(exc))
+        report("FAILED", claimed_run or _last_run_id(previous_run), note=str(exc))
         return math.nan
     except Exception as exc:
         log.exception("job %s failed", name)
         if not multirun:
             print(f"sweep: error: job failed: {exc.__class__.__name__}: {exc}", file=sys.stderr)
             sys.exit(EXIT_JOB_FAILED)
-        report("FAILED", _last_run_id(previous_run), note=f"{exc.__class__.__name__}: {exc}")
+        report("FAILED", claimed_run or _last_run_id(previous_run), note=f"{exc.__class__.__name__}: {exc}")
         return math.nan
     if multirun:
         report("FINISHED", outcome.run_id, outcome.metrics)

@@ -43,7 +43,7 @@ from sweep.analyze import ranked_linears
 from sweep.app import REPO_ROOT  # noqa: F401  (registers the ${repo_root:} resolver of conf/)
 from sweep.compose import compose_tool_config
 from sweep.registry import promote
-from sweep.runs import RunRecord
+from sweep.run_records import RunRecord
 from sweep.tracking import finite_metrics, flatten, setup_experiment, sha256_file
 from sweep.tune_search import Candidate, SearchOutcome, search
 from sweep.workbench import Setting, Workbench

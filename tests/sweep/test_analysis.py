@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from sweep.analysis import grid_table, layer_sensitivity, pareto_front, runs_frame
-from sweep.runs import RunRecord, latest_per_config
+from sweep.run_records import RunRecord, latest_per_config
 from sweep.summary import failure_lines, ranked
 
 

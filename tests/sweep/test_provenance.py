@@ -23,7 +23,8 @@ import sweep.app  # noqa: F401  (registers the repo_root resolver the configs us
 from sweep.callbacks import count_jobs
 from sweep.compose import CONF_DIR
 from sweep.provenance import config_hash, sweep_key
-from sweep.sweep_run import reap_dead_runs
+from sweep.run_owner import process_start
+from sweep.stale_runs import reap_stale_runs
 from sweep.tracking import tracked_run
 
 
@@ -111,22 +112,28 @@ def test_tracked_run_marks_an_interrupted_job_killed(tiny_inputs):
 
 
 def test_reap_marks_only_runs_of_dead_processes_on_this_host_killed(tiny_inputs):
+    """Any role, any sweep: a RUNNING run whose owner (this host) is gone, or whose pid now belongs
+    to another process (start time differs), is KILLED; live and other hosts' runs are left alone."""
     client = MlflowClient(tiny_inputs.uri)
     experiment_id = client.create_experiment("e")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = dead.stdout.strip()
 
-    def job(pid: str, host: str, key: str = "k") -> str:
-        tags = {"sweep.key": key, "sweep.role": "job", "sweep.pid": pid, "sweep.host": host}
+    def job(pid: str, host: str, role: str = "job", **extra: str) -> str:
+        tags = {"sweep.key": "k", "sweep.role": role, "sweep.pid": pid, "sweep.host": host, **extra}
         return client.create_run(experiment_id, tags=tags).info.run_id
 
-    orphan = job(dead_pid, socket.gethostname())
-    alive = job(str(os.getpid()), socket.gethostname())
+    here = socket.gethostname()
+    orphan = job(dead_pid, here)
+    alive = job(str(os.getpid()), here, **{"sweep.pid_start": process_start(os.getpid())})
     remote = job(dead_pid, "another-host")
-    other_sweep = job(dead_pid, socket.gethostname(), key="other")
-    assert reap_dead_runs(client, experiment_id, "k") == [orphan]
-    statuses = {r: client.get_run(r).info.status for r in (orphan, alive, remote, other_sweep)}
-    assert statuses == {orphan: "KILLED", alive: "RUNNING", remote: "RUNNING", other_sweep: "RUNNING"}
+    dead_parent = job(dead_pid, here, role="parent")
+    reused_pid = job(str(os.getpid()), here, **{"sweep.pid_start": "1"})  # same pid, another process
+    assert set(reap_stale_runs(client, experiment_id)) == {orphan, dead_parent, reused_pid}
+    statuses = {r: client.get_run(r).info.status for r in (orphan, alive, remote, dead_parent, reused_pid)}
+    killed, running = "KILLED", "RUNNING"
+    assert statuses == {orphan: killed, alive: running, remote: running, dead_parent: killed, reused_pid: killed}
+    assert "killed" in client.get_run(orphan).data.tags["error"]
 
 
 def test_run_names_tell_configs_apart(tiny_model_dir):

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 import quant.quantizers
 from sweep.registry import promote
 from sweep.regress import EXIT_BAD_INPUT, EXIT_PASS, EXIT_REGRESSION, EXIT_UNDECIDED, main
-from sweep.runs import RunRecord
+from sweep.run_records import RunRecord
 from sweep_helpers import EXPERIMENT, TinyInputs, make_tiny_inputs, run_module
 from tiny_data import write_self_labelled_boolq
 

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from eval.noninferiority import FAIL, UNDECIDED, paired_counts
 from quant.reload import load_quantized
 from sweep.compose import compose_tool_config
-from sweep.runs import RunRecord
+from sweep.run_records import RunRecord
 from sweep.select import SelectionRule, configured_rule, main, rank, search_objective
 from sweep_helpers import EXPERIMENT
 

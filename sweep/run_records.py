@@ -9,7 +9,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from quant.errors import QuantInputError
-from sweep.sweep_run import PARENT_TAG, REUSED_TAG_PREFIX, ROLE_TAG
+from sweep.parent_run import PARENT_TAG, REUSED_TAG_PREFIX, ROLE_TAG
 
 
 @dataclass
