@@ -68,8 +68,7 @@ class Workbench:
     def recipe(self, setting: Setting, float_linears: Sequence[str]) -> QuantConfig:
         """The recipe of ``setting`` with exactly ``float_linears`` float (and lm_head, by disable_last_linear)."""
         cfg = copy.deepcopy(self.cfg)
-        anti = OmegaConf.load(CONF_DIR / "anti_method" / f"{setting.anti_method}.yaml")
-        OmegaConf.update(cfg, "anti_method", anti, force_add=True)
+        cfg.anti_method = OmegaConf.load(CONF_DIR / "anti_method" / f"{setting.anti_method}.yaml")  # replaced whole
         cfg.act_method = setting.act_method
         cfg.disable_level = "L0"
         qcfg = quant_config_from_hydra(cfg)

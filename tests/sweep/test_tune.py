@@ -13,9 +13,10 @@ from mlflow.tracking import MlflowClient
 from planted import PLANTED, write_planted_inputs
 
 from eval.noninferiority import paired_scores
+from sweep.compose import compose_tool_config
 from sweep.tune import main
 from sweep.tune_search import Candidate, search
-from sweep.workbench import Setting
+from sweep.workbench import Setting, Workbench
 
 RUNGS = [20, 40, 80]
 
@@ -54,6 +55,15 @@ def test_nothing_passes_when_every_setting_needs_more_than_max_float():
     judge = ScriptedJudge({Setting("none", 1): 9})
     outcome = search(judge, [Setting("none", 1)], max_float=3, rungs=RUNGS)
     assert outcome.winner is None and all(r.status == "fail" for r in outcome.races)
+
+
+def test_a_setting_replaces_the_configured_anti_method_with_its_own_defaults():
+    cfg = compose_tool_config("tune", ["anti_method=m1", "anti_method.params.alpha=0.8"])
+    bench = Workbench(cfg, None, [], None, None)  # recipe() reads only the config
+    assert bench.recipe(Setting("none", 3), []).anti_params == {}
+    recipe = bench.recipe(Setting("m1", 1), ["model.layers.0.mlp.down_proj"])
+    assert recipe.anti_params == {"alpha": 0.5} and recipe.act_method == 1
+    assert recipe.disable_names == ["model.layers.0.mlp.down_proj"] and recipe.disable_level == "L0"
 
 
 @pytest.fixture()
