@@ -1,11 +1,12 @@
-"""The base of every fake-quant linear: it holds exactly the tensors that are saved.
+"""The base of every quantized linear: it holds exactly the tensors that are saved.
 
 A subclass per scheme family (``quant/schemes/``) registers the reference's per-linear
 tensors (SPEC §7) as persistent buffers, so ``state_dict()`` of a quantized model is what
 gets written, and loading a saved file into freshly built modules reproduces the evaluated
-model. Everything else a module needs (the float matmul operand, derived from the integer
-buffers) is a non-persistent cache, built on first use and dropped by :meth:`QuantLinear.refresh`,
-so that quantizing a model layer by layer never holds every layer's float copy at once.
+model. The module holds its weight at integer size, as stored (int8, or int4 packed two per
+byte): a forward multiplies the integers directly where an integer kernel applies
+(:mod:`quant.int_matmul`) and otherwise dequantizes the weight for that call only, so an
+evaluated model never keeps a float32 copy of any quantized weight.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ class QuantLinear(nn.Module, abc.ABC):
         self.in_features = in_features
         self.out_features = out_features
         self.quant_type = quant_type
-        self.register_buffer("_matmul_weight", torch.empty(0), persistent=False)
         self.register_load_state_dict_post_hook(_after_load)
 
     @abc.abstractmethod
@@ -61,22 +61,19 @@ class QuantLinear(nn.Module, abc.ABC):
         return self
 
     def refresh(self) -> None:
-        """Drop the caches derived from the integer buffers (after any change to them); the next
-        forward rebuilds what it needs."""
-        self._matmul_weight = torch.empty(0)
+        """Rebuild the small per-channel state derived from the buffers (after any change to them);
+        subclasses extend."""
 
     def matmul_weight(self) -> torch.Tensor:
-        """The cached float32 dequantized weight (out, in), built on first use."""
-        if not self._matmul_weight.numel():
-            self._matmul_weight = self.dequantized_weight()
-        return self._matmul_weight
+        """The float32 dequantized weight (out, in) for one call; nothing keeps it afterwards."""
+        return self.dequantized_weight()
 
     def after_load(self) -> None:
         """Derive non-saved state from the loaded buffers; subclasses extend."""
         self.refresh()
 
     def float_linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``x · Wᵀ (+ bias)`` with the cached float weight, computed in float32."""
+        """``x · Wᵀ (+ bias)`` with the weight dequantized for this call, computed in float32."""
         y = F.linear(x.float(), self.matmul_weight(), None if bias is None else bias.float())
         return y.to(x.dtype)
 

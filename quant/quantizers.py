@@ -226,18 +226,26 @@ def quantize_activation(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tens
     return quantize_to_int(x, scale, offset, *int_range(bits, symmetric=False))
 
 
-def fake_quantize_per_token(x: torch.Tensor, bits: int = 8, symmetric: bool = False) -> torch.Tensor:
-    """Dynamic per-token quantization then dequantization: each token (last dim) gets its own range.
+def quantize_per_token(
+    x: torch.Tensor, bits: int = 8, symmetric: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dynamic per-token quantization: each token (last dim) gets its own range.
 
     Asymmetric (W8A8_DYNAMIC, PDMix prefill): min/max of the token, widened to include 0.
     Symmetric (W4A8_DYNAMIC): ``scale = max|x_token| / 127``.
+    Returns the integers (..., k) as float32 values, scale and offset (..., 1).
     """
     xf = x.float()
     if symmetric:
         scale, offset = symmetric_params(xf.abs().amax(dim=-1, keepdim=True), bits)  # (..., 1)
     else:
         scale, offset = asymmetric_params(xf.amin(dim=-1, keepdim=True), xf.amax(dim=-1, keepdim=True), bits)
-    x_int = quantize_to_int(xf, scale, offset, *int_range(bits, symmetric))
+    return quantize_to_int(xf, scale, offset, *int_range(bits, symmetric)), scale, offset
+
+
+def fake_quantize_per_token(x: torch.Tensor, bits: int = 8, symmetric: bool = False) -> torch.Tensor:
+    """:func:`quantize_per_token` then dequantization, float32."""
+    x_int, scale, offset = quantize_per_token(x, bits, symmetric)
     return (x_int - offset) * scale
 
 

@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from quant.anti_outlier.base import add_norm_bias
 from quant.arch import get_module, norm_modules, set_module
 from quant.attention_quant import restore_attention_quant
+from quant.checkpoint import empty_model
 from quant.device import resolve_device
 from quant.errors import QuantInputError
 from quant.export import MINDIE_NORM_COPIES
@@ -52,15 +53,29 @@ def read_tensors(directory: Path, quant_type: str) -> dict[str, torch.Tensor]:
     return load_file(str(single))
 
 
+def materialize_meta(model: torch.nn.Module) -> None:
+    """Give every parameter still on ``meta`` uninitialised CPU memory of its shape and dtype (filled by
+    the strict ``load_state_dict`` that follows); tied parameters stay tied."""
+    done: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.is_meta:
+                if id(param) not in done:
+                    done[id(param)] = torch.nn.Parameter(torch.empty_like(param, device="cpu"), requires_grad=False)
+                module._parameters[name] = done[id(param)]
+
+
 def load_quantized(directory: str | Path, device_type: str = "cpu") -> ReloadedModel:
-    """Build the float architecture from config.json, swap in each scheme's module where the
-    description says so (shaped like the saved tensors), and load every saved tensor strictly."""
+    """Build the architecture from config.json with its weights on ``meta``, swap in each scheme's
+    module where the description says so (shaped like the saved tensors), and load every saved
+    tensor strictly. No float weight of a quantized linear is ever allocated: the reloaded model
+    holds the integers as stored, the float layers in float32."""
     directory = Path(directory)
     description = json.loads(find_description(directory).read_text())
     quant_type = description["model_quant_type"]
     tensors = read_tensors(directory, quant_type)
     config = AutoConfig.from_pretrained(directory)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = empty_model(config, torch.float32)
 
     norms = norm_modules(model)
     for norm in norms:  # mindie_format copies of the norms' weight and bias; the model reads the originals
@@ -79,6 +94,7 @@ def load_quantized(directory: str | Path, device_type: str = "cpu") -> ReloadedM
             module.bias = torch.nn.Parameter(torch.zeros(module.out_features), requires_grad=False)
     restore_kv_cache_quant(model, tensors)
     restore_attention_quant(model, tensors)
+    materialize_meta(model)
     model.load_state_dict(tensors, strict=True)
     model = model.to(resolve_device(device_type)).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)

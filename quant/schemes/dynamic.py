@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from quant.int_matmul import dynamic_int8_linear, kernel_applies
 from quant.qlinear import QuantLinear
 from quant.quantizers import dequantize_grouped, fake_quantize_per_token
 from quant.schemes.spec import LinearSpec
@@ -42,4 +43,7 @@ class DynamicLinear(QuantLinear):
         return dequantize_grouped(self.weight, self.weight_scale, self.weight_offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.float_linear(fake_quantize_per_token(x), getattr(self, "bias", None)).to(x.dtype)
+        bias = getattr(self, "bias", None)
+        if kernel_applies(x, self.in_features, self.out_features, cpu=False):  # see quant.int_matmul: CUDA only
+            return dynamic_int8_linear(x, self.weight, self.weight_scale, self.weight_offset, bias).to(x.dtype)
+        return self.float_linear(fake_quantize_per_token(x), bias).to(x.dtype)

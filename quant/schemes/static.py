@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quant.int_matmul import dynamic_int8_linear, int8_matmul, kernel_applies
 from quant.qlinear import QuantLinear
 from quant.quantizers import (
     dequantize_grouped,
@@ -75,7 +76,6 @@ class StaticActLinear(QuantLinear):
         if has_bias:
             self.register_buffer("bias", torch.zeros(n))
         self.activations_calibrated = False
-        self.register_buffer("_shard_weights", torch.empty(0), persistent=False)
         self.register_buffer("_acc_bias", torch.empty(0), persistent=False)
         self.register_buffer("_out_scale", torch.empty(0), persistent=False)
 
@@ -122,19 +122,24 @@ class StaticActLinear(QuantLinear):
 
     def refresh(self) -> None:
         super().refresh()
-        self._shard_weights = torch.empty(0)
-        # quant_bias and deq_scale as float32 (S, n), so the forward fuses the bias into the matmul.
+        # quant_bias and deq_scale as float32 (S, n): the float path fuses the bias into the matmul.
         self._acc_bias = self.quant_bias.float().view(self.shards, self.out_features)
         self._out_scale = int64_bits_as_float(self.deq_scale).view(self.shards, self.out_features)
 
-    def shard_weights(self) -> torch.Tensor:
-        """The integer weight as float32 columns per shard, for the static path, built on first use."""
-        if not self._shard_weights.numel():
-            n, s = self.out_features, self.shards
-            self._shard_weights = (
-                self.weight.float().view(n, s, -1).transpose(0, 1).contiguous()
-            )  # (n, k) -> (S, n, k/S)
-        return self._shard_weights
+    def shard_weight(self, shard: int) -> torch.Tensor:
+        """The int8 weight columns of input shard ``shard`` (n, k/S), contiguous."""
+        n, s = self.out_features, self.shards
+        return self.weight if s == 1 else self.weight.view(n, s, -1)[:, shard].contiguous()  # (n, k) -> (n, k/S)
+
+    def _integer_sums(self, x_int: torch.Tensor, shard: int) -> torch.Tensor:
+        """``x_int_s · W_int_sᵀ + quant_bias_s`` as float32 (..., n): exact int32 sums where the
+        integer kernel applies, else a float32 matmul of the integer values."""
+        weight = self.shard_weight(shard)
+        if kernel_applies(x_int, weight.shape[1], self.out_features):
+            n = self.out_features
+            return (int8_matmul(x_int, weight) + self.quant_bias.view(self.shards, n)[shard]).float()
+        # float32 accumulation keeps fp16 models from overflowing.
+        return F.linear(x_int, weight.float(), self._acc_bias[shard])
 
     def after_load(self) -> None:
         self.activations_calibrated = True
@@ -150,23 +155,26 @@ class StaticActLinear(QuantLinear):
         if not self.activations_calibrated:
             return self.float_linear(x, getattr(self, "bias", None))
         if self.pdmix and self._is_prefill(x):
-            return self.float_linear(fake_quantize_per_token(x), getattr(self, "bias", None)).to(x.dtype)
+            return self.dynamic_forward(x)
         return self.static_forward(x)
 
+    def dynamic_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """PDMix prefill: per-token dynamic activations with the dequantized weight (integer kernel on CUDA)."""
+        bias = getattr(self, "bias", None)
+        if kernel_applies(x, self.in_features, self.out_features, cpu=False):
+            return dynamic_int8_linear(x, self.weight, self.weight_scale, self.weight_offset, bias).to(x.dtype)
+        return self.float_linear(fake_quantize_per_token(x), bias).to(x.dtype)
+
     def static_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``Σ_s deq_scale_s · (x_int_s · W_int_sᵀ + quant_bias_s)`` with integer-valued float matmuls."""
+        """``Σ_s deq_scale_s · (x_int_s · W_int_sᵀ + quant_bias_s)`` from the integer weight."""
         s = self.shards
-        if s == 1:  # the common case: one fused matmul + bias, then the output scale, in place
+        if s == 1:  # the common case: one matmul + bias, then the output scale, in place
             x_int = quantize_activation(x.float(), self.input_scale, self.input_offset)
-            # float32 accumulation keeps fp16 models from overflowing.
-            acc = F.linear(x_int, self.shard_weights()[0], self._acc_bias[0])  # x_int·W_intᵀ + quant_bias
-            return acc.mul_(self._out_scale[0]).to(x.dtype)
+            return self._integer_sums(x_int, 0).mul_(self._out_scale[0]).to(x.dtype)
         xs = x.float().unflatten(-1, (s, -1))  # (..., S, k/S)
         x_int = quantize_activation(xs, self.input_scale.view(s, 1), self.input_offset.view(s, 1))
-        weights = self.shard_weights()
-        acc = torch.stack([F.linear(x_int[..., i, :], weights[i]) for i in range(s)], dim=-2)  # (..., S, n)
-        y = ((acc + self._acc_bias) * self._out_scale).sum(dim=-2)
-        return y.to(x.dtype)
+        acc = torch.stack([self._integer_sums(x_int[..., i, :], i) for i in range(s)], dim=-2)  # (..., S, n)
+        return (acc * self._out_scale).sum(dim=-2).to(x.dtype)
 
     def _is_prefill(self, x: torch.Tensor) -> bool:
         if self.phase == "auto":

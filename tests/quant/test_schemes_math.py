@@ -156,21 +156,6 @@ def test_pdmix_saves_w8a8_tensors_and_runs_dynamic_prefill_static_decode():
         pass
 
 
-def test_float_operands_are_built_on_first_use_and_dropped_by_refresh():
-    """Quantizing must not hold every layer's float copy at once: the caches are lazy."""
-    linear = torch.nn.Linear(16, 8)
-    layer = StaticActLinear.from_float(linear, LinearSpec(quant_type="W8A8"))
-    assert layer._matmul_weight.numel() == 0 and layer._shard_weights.numel() == 0
-    x = _inputs(16)
-    uncalibrated = layer(x)  # the float path builds the dequantized weight
-    assert torch.equal(layer._matmul_weight, layer.dequantized_weight())
-    assert torch.allclose(uncalibrated, torch.nn.functional.linear(x, layer.dequantized_weight(), linear.bias.detach()))
-    layer.set_activation_params(torch.tensor([0.05]), torch.tensor([0.0]))  # refresh: caches dropped
-    assert layer._matmul_weight.numel() == 0
-    assert torch.allclose(layer(x).double(), _static_integer_forward(layer, x), rtol=1e-5, atol=1e-5)
-    assert layer._shard_weights.numel() > 0 and layer._matmul_weight.numel() == 0
-
-
 def test_calibration_quantizes_one_decoder_layer_at_a_time():
     """The running pass holds one layer's float linears only: while layer i runs, the layers before
     it are already quantized and the layers after it are still float."""
