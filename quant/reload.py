@@ -54,15 +54,24 @@ def read_tensors(directory: Path, quant_type: str) -> dict[str, torch.Tensor]:
 
 
 def materialize_meta(model: torch.nn.Module) -> None:
-    """Give every parameter still on ``meta`` uninitialised CPU memory of its shape and dtype (filled by
-    the strict ``load_state_dict`` that follows); tied parameters stay tied."""
-    done: dict[int, torch.nn.Parameter] = {}
+    """Give every parameter and saved buffer still on ``meta`` uninitialised CPU memory of its shape
+    and dtype, for the strict ``load_state_dict`` that follows to fill; tied parameters stay tied."""
+    done: dict[int, torch.Tensor] = {}
+
+    def real(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in done:
+            done[id(t)] = torch.empty_like(t, device="cpu")
+        return done[id(t)]
+
     for module in model.modules():
         for name, param in list(module._parameters.items()):
             if param is not None and param.is_meta:
-                if id(param) not in done:
-                    done[id(param)] = torch.nn.Parameter(torch.empty_like(param, device="cpu"), requires_grad=False)
-                module._parameters[name] = done[id(param)]
+                module._parameters[name] = torch.nn.Parameter(real(param), requires_grad=False)
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None and buffer.is_meta:
+                if name in module._non_persistent_buffers_set:  # nothing would fill it
+                    raise RuntimeError(f"reload: non-saved buffer {name} of {type(module).__name__} is on meta")
+                module._buffers[name] = real(buffer)
 
 
 def load_quantized(directory: str | Path, device_type: str = "cpu") -> ReloadedModel:
