@@ -68,7 +68,7 @@ class SweepParentRun(Callback):
             print(f"sweep: error: {exc}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
         except Exception as exc:
-            log.exception("could not open the sweep's parent run")
+            log.debug("could not open the parent run", exc_info=True)  # traceback: hydra.verbose=sweep.callbacks
             message = f"could not open the sweep's parent run: {exc.__class__.__name__}: {exc}"
             print(f"sweep: error: {message}", file=sys.stderr)
             sys.exit(EXIT_JOB_FAILED)
