@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from quant.device import resolve_device
 from quant.errors import QuantInputError
 from quant.export import MINDIE_NORM_COPIES
 from quant.kv_cache import restore_kv_cache_quant
+from quant.placement import spread_over_devices
 from quant.schemes import SCHEMES, module_from_saved
 
 
@@ -74,11 +76,18 @@ def materialize_meta(model: torch.nn.Module) -> None:
                 module._buffers[name] = real(buffer)
 
 
-def load_quantized(directory: str | Path, device_type: str = "cpu") -> ReloadedModel:
+def load_quantized(
+    directory: str | Path,
+    device_type: str = "cpu",
+    devices: Sequence[str] | None = None,
+    max_memory: Mapping[str, int] | None = None,
+) -> ReloadedModel:
     """Build the architecture from config.json with its weights on ``meta``, swap in each scheme's
     module where the description says so (shaped like the saved tensors), and load every saved
     tensor strictly. No float weight of a quantized linear is ever allocated: the reloaded model
-    holds the integers as stored, the float layers in float32."""
+    holds the integers as stored, the float layers in float32. ``devices`` (e.g. ``["cuda:0",
+    "cuda:1"]``) spreads the decoder layers over several devices (:mod:`quant.placement`, budgets
+    ``max_memory`` in bytes per device, else a share of each device's memory) instead of ``device_type``."""
     directory = Path(directory)
     description = json.loads(find_description(directory).read_text())
     quant_type = description["model_quant_type"]
@@ -105,6 +114,10 @@ def load_quantized(directory: str | Path, device_type: str = "cpu") -> ReloadedM
     restore_attention_quant(model, tensors)
     materialize_meta(model)
     model.load_state_dict(tensors, strict=True)
-    model = model.to(resolve_device(device_type)).eval()
+    if devices:
+        spread_over_devices(model, devices, max_memory)
+    else:
+        model = model.to(resolve_device(device_type))
+    model.eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)
     return ReloadedModel(model, tokenizer, description, quant_type)

@@ -26,6 +26,7 @@ from quant.config import QuantConfig
 from quant.export import LAYER_REPORT_FILE, RECIPE_FILE
 from quant.model_io import LoadedModel
 from quant.pipeline import calibration_batches, quantize
+from quant.placement import device_budgets, spread_over_devices
 from quant.reload import load_quantized
 from quant.report_plot import plot_layer_sqnr
 from quant.runner import check_inputs, save_result
@@ -106,14 +107,34 @@ def float_baseline(cfg: DictConfig, qcfg: QuantConfig) -> FloatBaseline:
     return baseline
 
 
-def _evaluation_model(cfg: DictConfig, job_model: Any, saved_directory: Path, device_type: str) -> tuple[Any, Any]:
+def eval_devices(cfg: DictConfig) -> tuple[list[str] | None, dict[str, int] | None]:
+    """``eval.devices`` (harness extension, e.g. ``+eval.devices=[cuda:0,cuda:1]``): the devices the
+    evaluated model is spread over, with their budgets; checked before any work (None: one device)."""
+    devices = cfg.eval.get("devices")
+    if not devices:
+        return None, None
+    devices = [str(d) for d in devices]
+    return devices, device_budgets(devices)
+
+
+def _evaluation_model(
+    cfg: DictConfig,
+    job_model: Any,
+    saved_directory: Path,
+    device_type: str,
+    devices: list[str] | None = None,
+    budgets: dict[str, int] | None = None,
+) -> tuple[Any, Any]:
     """The model to evaluate: reloaded from the saved directory (``eval.from_saved``) or the
-    in-memory one; either way its state is proven equal to the saved tensors and logged."""
+    in-memory one, on ``devices`` when given; either way its state is proven equal to the saved
+    tensors and logged."""
     if cfg.eval.get("from_saved", False):
-        reloaded = load_quantized(saved_directory, device_type=device_type)
+        reloaded = load_quantized(saved_directory, device_type=device_type, devices=devices, max_memory=budgets)
         model, tokenizer, source = reloaded.model, reloaded.tokenizer, "saved_directory"
     else:
         model, tokenizer, source = job_model.model, job_model.tokenizer, "in_memory"
+        if devices:
+            spread_over_devices(model, devices, budgets)
     check = check_model_matches_saved(model, saved_directory)  # raises if they differ
     mlflow.set_tags({**check.to_tags("eval_"), "eval_source": source})
     return model, tokenizer
@@ -162,6 +183,7 @@ def run_job(
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
         overwrite = bool(cfg.overwrite) or _is_own_leftover(qcfg)
         check_inputs(qcfg, overwrite=overwrite)
+        devices, budgets = eval_devices(cfg)
 
         metrics: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -193,7 +215,9 @@ def run_job(
         metrics["size_bytes"] = float(saved.total_bytes)
         metrics["float_layers"] = float(len(result.float_layers))
 
-        eval_model, eval_tokenizer = _evaluation_model(cfg, job_model, saved.directory, qcfg.device_type)
+        eval_model, eval_tokenizer = _evaluation_model(
+            cfg, job_model, saved.directory, qcfg.device_type, devices, budgets
+        )
         quant_eval = evaluate_boolq(eval_model, eval_tokenizer, device=_device_of(eval_model), **_boolq_args(cfg))
         metrics.update(quant_eval.to_metrics("boolq_"))
         mlflow.log_dict(quant_eval.to_dict(), BOOLQ_RESULT_ARTIFACT)

@@ -25,6 +25,15 @@ def test_single_run_bad_value_is_one_line_exit_2(tiny_inputs):
     assert not _runs(tiny_inputs.uri)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() > 7, reason="cuda:7 exists here")
+def test_eval_devices_that_are_not_there_stop_the_run_before_quantizing(tiny_inputs):
+    proc = run_module("sweep", ["+eval.devices=[cuda:7]", *tiny_inputs.sweep_args()], cwd=tiny_inputs.root)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("sweep: error: devices: cuda:7 is not a visible CUDA device"), last
+    assert not list(tiny_inputs.root.rglob("quant_model_description*.json"))  # nothing was quantized
+
+
 def test_unknown_anti_method_lists_valid_ones(tiny_inputs):
     proc = run_module("sweep", ["anti_method=m9", *tiny_inputs.sweep_args()], cwd=tiny_inputs.root)
     assert proc.returncode == 2
