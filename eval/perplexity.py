@@ -17,13 +17,17 @@ from eval.data import sha256_file
 
 @dataclass
 class PerplexityResult:
-    """``ppl = exp(nll)``; ``nll`` is the mean negative log-likelihood (nats/token) over ``n_tokens``."""
+    """``ppl = exp(nll)``; ``nll`` is the mean negative log-likelihood (nats/token) over ``n_tokens``.
+
+    ``window_nll``: each window's mean NLL over the tokens it scores, in window order: the units
+    on which two models' perplexities are paired (``sweep.targets``)."""
 
     ppl: float
     n_tokens: int
     nll: float
     config: dict[str, Any] = field(default_factory=dict)
     elapsed: float = field(default=0.0, compare=False)
+    window_nll: list[float] = field(default_factory=list)
 
     def to_metrics(self, prefix: str = "wikitext2_") -> dict[str, float]:
         """Flat metrics for experiment tracking."""
@@ -47,6 +51,7 @@ class PerplexityResult:
             nll=float(data["nll"]),
             config=dict(data.get("config", {})),
             elapsed=float(data.get("elapsed", 0.0)),
+            window_nll=[float(v) for v in data.get("window_nll", [])],
         )
 
 
@@ -129,13 +134,16 @@ def wikitext_perplexity(
     was_training = model.training
     model.eval()
     nll_sum, n_scored = 0.0, 0
+    window_nll: list[float] = []
     try:
         for begin, end, first_target in tqdm(spans, desc="perplexity", leave=False, disable=len(spans) < 8):
             window = stream[begin:end]
             logits = model(window.unsqueeze(0)).logits[0, :-1].float()
             token_nll = F.cross_entropy(logits, window[1:], reduction="none")  # predicts window[1:]
             scored = token_nll[max(first_target, begin + 1) - begin - 1 :]
-            nll_sum += scored.double().sum().item()
+            window_sum = scored.double().sum().item()
+            window_nll.append(window_sum / scored.numel())
+            nll_sum += window_sum
             n_scored += scored.numel()
     finally:
         model.train(was_training)
@@ -152,5 +160,10 @@ def wikitext_perplexity(
         "seq_len": seq_len,
     }
     return PerplexityResult(
-        ppl=math.exp(nll), n_tokens=n_scored, nll=nll, config=config, elapsed=time.perf_counter() - start
+        ppl=math.exp(nll),
+        n_tokens=n_scored,
+        nll=nll,
+        config=config,
+        elapsed=time.perf_counter() - start,
+        window_nll=window_nll,
     )

@@ -41,6 +41,8 @@ _LOGGED_BOOLQ_CONFIG = ("lm_eval_version", "task_config_hash", "data_sha256", "b
 
 BOOLQ_RESULT_ARTIFACT = "eval/boolq_result.json"  # BoolQResult.to_dict(): accuracy, config, per-example rows
 FLOAT_BOOLQ_RESULT_ARTIFACT = "eval/float_boolq_result.json"
+PPL_RESULT_ARTIFACT = "eval/wikitext2_result.json"  # PerplexityResult.to_dict(), with per-window NLL
+FLOAT_PPL_RESULT_ARTIFACT = "eval/float_wikitext2_result.json"
 WEIGHTS_ARTIFACT_DIR = "model"  # the whole saved output directory, when weights are logged
 SHA256_ARTIFACT = "quantized/weights_sha256.json"
 
@@ -223,7 +225,9 @@ def run_job(
         mlflow.log_dict(quant_eval.to_dict(), BOOLQ_RESULT_ARTIFACT)
         ppl_args = _perplexity_args(cfg)
         if ppl_args is not None:
-            metrics.update(wikitext_perplexity(eval_model, eval_tokenizer, **ppl_args).to_metrics("wikitext2_"))
+            quant_ppl = wikitext_perplexity(eval_model, eval_tokenizer, **ppl_args)
+            metrics.update(quant_ppl.to_metrics("wikitext2_"))
+            mlflow.log_dict(quant_ppl.to_dict(), PPL_RESULT_ARTIFACT)
         if baseline is not None:
             metrics.update(baseline.boolq.to_metrics("float_boolq_"))
             metrics.update(compare_boolq(baseline.boolq, quant_eval).to_metrics("vs_float_"))
@@ -231,6 +235,7 @@ def run_job(
             metrics["vs_float_eval_time_ratio"] = quant_eval.elapsed / baseline.boolq.elapsed
             if baseline.perplexity is not None:
                 metrics.update(baseline.perplexity.to_metrics("float_wikitext2_"))
+                mlflow.log_dict(baseline.perplexity.to_dict(), FLOAT_PPL_RESULT_ARTIFACT)
             mlflow.log_dict(baseline.boolq.to_dict(), FLOAT_BOOLQ_RESULT_ARTIFACT)
 
         _log_outputs(saved.directory, saved.weight_files, log_weights)

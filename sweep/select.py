@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +32,23 @@ from sweep.compose import CONF_DIR, compose_tool_config
 from sweep.registry import promote
 from sweep.run_records import RunRecord, job_runs, latest_per_config, sweep_runs
 from sweep.summary import fmt, fmt_mb, fmt_signed, format_table
-from sweep.targets import run_verdict, target
+from sweep.targets import PairedUnits, load_paired_units, run_verdict, target
 from sweep.tracking import open_existing_experiment
 
 EXIT_NO_CHAMPION = 1
 EXIT_BAD_INPUT = 2
-# Runs are comparable only when these parameters agree (same model, same BoolQ rows).
-COMPARABLE_PARAMS = ("model.name", "model.path", "eval.boolq.data_path", "eval.boolq.limit", "eval.boolq.seed")
+# Runs are comparable only when these parameters agree (same model, same BoolQ rows, same perplexity windows).
+COMPARABLE_PARAMS = (
+    "model.name",
+    "model.path",
+    "eval.boolq.data_path",
+    "eval.boolq.limit",
+    "eval.boolq.seed",
+    "eval.perplexity.data_path",
+    "eval.perplexity.max_tokens",
+    "eval.perplexity.block_size",
+    "eval.perplexity.stride",
+)
 
 
 @dataclass(frozen=True)
@@ -98,9 +109,9 @@ class Judged:
         return self.verdict is not None and self.verdict.status == PASS
 
 
-def judge(record: RunRecord, rule: SelectionRule) -> Judged:
-    """The gate's verdict on ``record`` under ``rule``."""
-    verdict = run_verdict(record.metrics, rule.metric, rule.margin, rule.alpha)
+def judge(record: RunRecord, rule: SelectionRule, units: PairedUnits | None = None) -> Judged:
+    """The gate's verdict on ``record`` under ``rule`` (``units``: per-unit scores, for targets that need them)."""
+    verdict = run_verdict(record.metrics, rule.metric, rule.margin, rule.alpha, units)
     if isinstance(verdict, str):
         return Judged(record, None, verdict)
     return Judged(record, verdict)
@@ -109,10 +120,13 @@ def judge(record: RunRecord, rule: SelectionRule) -> Judged:
 _STATUS_ORDER = {PASS: 0, UNDECIDED: 1, FAIL: 2}
 
 
-def rank(records: Sequence[RunRecord], rule: SelectionRule) -> list[Judged]:
+def rank(
+    records: Sequence[RunRecord], rule: SelectionRule, units: Mapping[str, PairedUnits | None] | None = None
+) -> list[Judged]:
     """Passing runs first, most compressed first (the first is the champion); then the undecided
-    ones, closest to passing first; then the failed ones; then the runs that cannot be judged."""
-    judged = [judge(r, rule) for r in records]
+    ones, closest to passing first; then the failed ones; then the runs that cannot be judged.
+    ``units``: run id → per-unit scores, for targets judged on them."""
+    judged = [judge(r, rule, (units or {}).get(r.run_id)) for r in records]
 
     def key(j: Judged) -> tuple:
         if j.verdict is None:
@@ -206,7 +220,10 @@ def select(cfg: DictConfig, dry_run: bool) -> int:
         print(f"no finished runs in experiment '{cfg.tracking.experiment_name}' match")
         return EXIT_NO_CHAMPION
     check_comparable(records)
-    judged = rank(records, rule)
+    chosen = target(rule.metric)
+    with tempfile.TemporaryDirectory() as directory:
+        units = {r.run_id: load_paired_units(client, r.run_id, chosen, directory) for r in records}
+    judged = rank(records, rule, units)
     found = judged[0].eligible
     print(
         f"gate: {rule.metric} drop vs float, margin {rule.margin:g}, alpha {rule.alpha:g}; prefer {list(rule.prefer)}"

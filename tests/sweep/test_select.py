@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -16,6 +17,8 @@ from omegaconf import OmegaConf
 from eval.noninferiority import FAIL, UNDECIDED, paired_counts
 from quant.reload import load_quantized
 from sweep.compose import compose_tool_config
+from sweep.job import FLOAT_PPL_RESULT_ARTIFACT as FLOAT_PPL
+from sweep.job import PPL_RESULT_ARTIFACT as PPL
 from sweep.run_records import RunRecord
 from sweep.select import SelectionRule, configured_rule, main, rank, search_objective
 from sweep_helpers import EXPERIMENT
@@ -109,7 +112,7 @@ def test_rule_rejects_bad_settings():
         SelectionRule(margin=-0.1)
     with pytest.raises(Exception, match=r"rule.alpha: invalid value 0.7"):
         SelectionRule(alpha=0.7)
-    with pytest.raises(Exception, match=r"rule.metric: invalid value 'bleu'; valid values: boolq_acc"):
+    with pytest.raises(Exception, match=r"rule.metric: invalid value 'bleu'; valid values: boolq_acc, wikitext2_nll"):
         SelectionRule(metric="bleu")
     with pytest.raises(Exception, match=r"rule.prefer: invalid value"):
         SelectionRule(prefer="size_bytes")
@@ -207,6 +210,25 @@ def test_select_registers_the_champion_and_moves_the_alias(constructed, capsys):
     assert main([*inputs.tool_args(), "rule.prefer=[-boolq_acc]"]) == 0
     moved = client.get_model_version_by_alias("llama-quant", "champion")
     assert moved.run_id == ids["lucky-larger"] and moved.version != version.version
+
+
+def test_select_on_wikitext2_nll_pairs_each_window_with_float(constructed, capsys):
+    inputs, client, ids = constructed
+    rng = np.random.default_rng(0)
+    float_nll = 3.0 + rng.normal(0, 0.3, 60)  # 60 windows
+    for name, shift in [("compressed", 0.03), ("lucky-larger", 0.001)]:
+        run_nll = float_nll + shift + rng.normal(0, 0.002, 60)
+        client.log_metric(ids[name], "wikitext2_nll", float(run_nll.mean()))
+        client.log_dict(ids[name], {"nll": float(float_nll.mean()), "window_nll": float_nll.tolist()}, FLOAT_PPL)
+        client.log_dict(ids[name], {"nll": float(run_nll.mean()), "window_nll": run_nll.tolist()}, PPL)
+    client.log_metric(ids["undecided"], "wikitext2_nll", 3.0)  # a metric but no windows logged
+    assert main(["--dry-run", *inputs.tool_args(), "rule.metric=wikitext2_nll"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[1]: line for line in out.splitlines() if line[:1].isdigit()}
+    assert "CHAMPION" in rows["lucky-larger"]  # the smaller run's NLL is 0.03 nats worse: shown > 0.01
+    assert "fail: drop > margin" in rows["compressed"]
+    assert "no per-unit scores logged (eval/wikitext2_result.json with window_nll)" in rows["undecided"]
+    assert "no wikitext2_nll" in rows["drop-shown"]
 
 
 def test_select_refuses_weights_that_changed_on_disk(constructed, capsys):
