@@ -30,7 +30,7 @@ from quant import progress
 from quant.arch import LM_HEAD, decoder_layers, final_norm, get_module, set_module
 from quant.calib import Batch
 from quant.config import QuantConfig
-from quant.layerwise import LayerCall, capture_first_layer_calls
+from quant.layerwise import Calls, advance, capture_first_layer_calls
 from quant.observers import ActivationObserver, MinMaxObserver, ObserverFactory
 from quant.qlinear import STATIC_ACT_TYPES, QuantLinear
 from quant.quantizers import SqnrAccumulator, activation_params, fake_quantize_activation
@@ -223,12 +223,12 @@ def _watching(watchers: Sequence[LayerWatcher], index: int, layer: nn.Module) ->
 def calibrate_layer(
     index: int,
     layer: nn.Module,
-    calls: Sequence[LayerCall],
+    calls: Calls,
     quantized: Sequence[str],
     cfg: QuantConfig,
     make_observer: ObserverFactory,
     watchers: Sequence[LayerWatcher] = (),
-) -> tuple[list[LayerCall], CalibrationOutcome]:
+) -> tuple[Calls, CalibrationOutcome]:
     """Quantize decoder layer ``index`` and calibrate it in the running pass; return the next layer's calls.
 
     ``calls``: the layer's captured arguments for every calibration batch, in file order.
@@ -241,12 +241,12 @@ def calibrate_layer(
         _calibrating(layer, prefix, quantized, cfg, make_observer) as (stand_ins, weight_sqnr),
         _watching(watchers, index, layer),
     ):
-        next_calls = [call.with_hidden(call.run(layer)) for call in progress.batches(calls, total=len(calls))]
+        next_calls = advance(calls, lambda call: call.run(layer), lambda c: progress.batches(c, total=len(calls)))
     return next_calls, _finish(stand_ins, weight_sqnr)
 
 
 def calibrate_head(
-    model: nn.Module, calls: Sequence[LayerCall], cfg: QuantConfig, make_observer: ObserverFactory
+    model: nn.Module, calls: Calls, cfg: QuantConfig, make_observer: ObserverFactory
 ) -> CalibrationOutcome:
     """Quantize and calibrate ``lm_head`` on the final norm's outputs of the last layer's calls."""
     norm = final_norm(model)

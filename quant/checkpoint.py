@@ -10,6 +10,7 @@ never in memory at once. The values are those :func:`quant.model_io.load_model` 
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from quant.model_io import ModelSource, checkpoint_dtype, load_config, resolve_model_source
+from quant.model_io import checkpoint_dtype, load_config
+from quant.model_source import ModelSource, resolve_model_source
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
@@ -39,7 +41,6 @@ class SafetensorsReader:
 
     directory: Path
     _file_of: dict[str, Path] = field(default_factory=dict)
-    _handles: dict[Path, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from safetensors import safe_open
@@ -59,10 +60,9 @@ class SafetensorsReader:
     def read(self, name: str) -> torch.Tensor:
         from safetensors import safe_open
 
-        path = self._file_of[name]
-        if path not in self._handles:
-            self._handles[path] = safe_open(str(path), framework="pt")  # memory-mapped; tensors copied on read
-        return self._handles[path].get_tensor(name)
+        # Opened per read: the file's mapping (whose touched pages count as resident) ends with it.
+        with safe_open(str(self._file_of[name]), framework="pt") as handle:
+            return handle.get_tensor(name)
 
 
 @dataclass
@@ -130,20 +130,31 @@ class StreamedModel:
     dtype: torch.dtype  # the dtype modules are read in
     original_dtype: torch.dtype  # the checkpoint's own dtype
 
+    blank: PreTrainedModel | None = None  # a second skeleton: fresh modules for :meth:`reset`
+
     def load(self, prefix: str, device: torch.device | str = "cpu") -> nn.Module:
         """Read the submodule ``prefix`` from the checkpoint (see :func:`load_module`)."""
         return load_module(self.model, prefix, self.reader, self.dtype, device)
 
+    def reset(self, prefix: str) -> nn.Module:
+        """Replace the submodule ``prefix`` by a fresh empty one, as the skeleton first had it: whatever
+        was changed on it (added biases, hooks, replaced linears) is gone and its memory freed."""
+        fresh = copy.deepcopy(self.blank.get_submodule(prefix))
+        parent, _, leaf = prefix.rpartition(".")
+        self.model.get_submodule(parent).register_module(leaf, fresh)
+        return fresh
 
-def open_model(model_path: str, dtype: torch.dtype | None = None, trust_remote_code: bool = False) -> StreamedModel:
-    """An empty skeleton of the model at ``model_path`` and its reader; ``dtype`` defaults to float32
-    (what :func:`quant.model_io.load_model` gives on CPU)."""
+
+def open_model(model_path: str, device_type: str = "cpu", trust_remote_code: bool = False) -> StreamedModel:
+    """An empty skeleton of the model at ``model_path`` and its reader. Modules are read in the dtype
+    :func:`quant.model_io.load_model` gives: float32 on CPU, the checkpoint's own on an accelerator."""
     source = resolve_model_source(model_path)
     config = load_config(source, trust_remote_code)
     original_dtype = checkpoint_dtype(config)  # before the skeleton's dtype overwrites the config's
-    dtype = torch.float32 if dtype is None else dtype
+    dtype = torch.float32 if device_type == "cpu" else original_dtype
     skeleton = empty_model(config, dtype)
-    return StreamedModel(skeleton, open_checkpoint(source, skeleton), dtype, original_dtype)
+    blank = empty_model(config, dtype)
+    return StreamedModel(skeleton, open_checkpoint(source, skeleton), dtype, original_dtype, blank)
 
 
 def tied_source(model: PreTrainedModel, name: str) -> str:
@@ -170,7 +181,8 @@ def load_module(
         owner_path, _, leaf = name.rpartition(".")
         owner = module.get_submodule(owner_path) if owner_path else module
         full = f"{prefix}.{name}" if prefix else name
-        value = reader.read(tied_source(model, full)).to(device=device, dtype=dtype)
+        # copy=True: a safetensors tensor may alias the file's mapping, which in-place transforms would change
+        value = reader.read(tied_source(model, full)).to(device=device, dtype=dtype, copy=True)
         owner._parameters[leaf] = nn.Parameter(value, requires_grad=param.requires_grad)
     return module
 

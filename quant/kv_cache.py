@@ -69,7 +69,7 @@ class KVCacheCalibrator:
 
     def observe(self, model: nn.Module, batches: Sequence[Batch]) -> KVCacheCalibrator:
         handles = [
-            model.get_submodule(name).register_forward_hook(self._observer(name)) for name in kv_projection_names(model)
+            model.get_submodule(name).register_forward_hook(self.observer(name)) for name in kv_projection_names(model)
         ]
         try:
             for _ in iterate_layer_inputs(model, batches, lambda _i, _layer: {}):
@@ -79,16 +79,18 @@ class KVCacheCalibrator:
                 handle.remove()
         return self
 
-    def apply(self, model: nn.Module) -> None:
-        """Give every observed projection its scale and the fake-quant hook on its output."""
-        for name in self.amax:
+    def apply(self, model: nn.Module, names: Iterable[str] | None = None) -> None:
+        """Give every observed projection (or those of ``names``) its scale and the fake-quant hook on its output."""
+        for name in self.amax if names is None else names:
             add_kv_cache_quant(model.get_submodule(name), self.scale(name))
 
     def scale(self, name: str) -> torch.Tensor:
         """``amax / 127`` of the projection called ``name``, (n_kv * head_dim,)."""
         return symmetric_params(self.amax[name], KV_BITS)[0]
 
-    def _observer(self, name: str):
+    def observer(self, name: str):
+        """The forward hook folding projection ``name``'s output into its running channel max."""
+
         def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
             batch_amax = output.detach().abs().float().reshape(-1, output.shape[-1]).amax(dim=0)  # (n_kv * head_dim,)
             seen = self.amax.get(name)

@@ -9,8 +9,10 @@ in order holds only the hidden states of the batches plus one layer's inputs.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +46,79 @@ class LayerCall:
         return out[0] if isinstance(out, tuple) else out
 
 
+class SpilledCalls:
+    """Layer calls whose hidden states live on disk, one file per call; the other arguments
+    (masks, RoPE tables: the same objects for every layer) stay in memory.
+
+    Iterating loads one call's hidden states at a time. :func:`advance` over a ``SpilledCalls``
+    writes the next layer's hidden states to disk too, and this object's files are removed.
+    """
+
+    def __init__(self, directory: Path, rests: list[tuple[tuple, dict[str, Any]]], paths: list[Path]) -> None:
+        self.directory = directory
+        self._rests = rests  # per call: (args after the hidden states, kwargs)
+        self._paths = paths
+
+    @classmethod
+    def spill(cls, calls: Iterable[LayerCall], directory: Path) -> SpilledCalls:
+        directory.mkdir(parents=True, exist_ok=True)
+        rests, paths = [], []
+        for call in calls:
+            path = Path(tempfile.mkstemp(prefix="hidden-", suffix=".pt", dir=directory)[1])
+            torch.save(call.hidden, path)
+            rests.append((call.args[1:], call.kwargs))
+            paths.append(path)
+        return cls(directory, rests, paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __iter__(self) -> Iterator[LayerCall]:
+        for (rest, kwargs), path in zip(self._rests, self._paths, strict=True):
+            yield LayerCall((torch.load(path, weights_only=True), *rest), kwargs)
+
+    def __getitem__(self, index: slice) -> list[LayerCall]:
+        return list(self)[index]
+
+    def remove(self) -> None:
+        """Delete this generation's files."""
+        for path in self._paths:
+            path.unlink(missing_ok=True)
+
+
+Calls = Sequence[LayerCall] | SpilledCalls
+
+
+def hidden_bytes(calls: Iterable[LayerCall]) -> int:
+    """Bytes of the hidden states the calls carry (a layer boundary's activations)."""
+    return sum(call.hidden.numel() * call.hidden.element_size() for call in calls)
+
+
+def keep_or_spill(calls: list[LayerCall], budget_bytes: int | None, directory: Path | None) -> Calls:
+    """``calls`` as they are, or on disk when their hidden states exceed ``budget_bytes``."""
+    if budget_bytes is None or directory is None or hidden_bytes(calls) <= budget_bytes:
+        return calls
+    return SpilledCalls.spill(calls, directory)
+
+
+def advance(
+    calls: Calls,
+    step: Callable[[LayerCall], torch.Tensor],
+    wrap: Callable[[Iterable[LayerCall]], Iterable[LayerCall]] = iter,
+) -> Calls:
+    """The next layer's calls: each call's hidden states replaced by ``step(call)``, in order.
+
+    Spilled calls stay spilled: each output goes to disk before the next call is loaded, so one
+    call's hidden states are in memory at a time. ``wrap`` may add a progress bar.
+    """
+    if not isinstance(calls, SpilledCalls):
+        return [call.with_hidden(step(call)) for call in wrap(calls)]
+    outputs = (call.with_hidden(step(call)) for call in wrap(calls))
+    spilled = SpilledCalls.spill(outputs, calls.directory)
+    calls.remove()
+    return spilled
+
+
 def capture_first_layer_calls(model: nn.Module, batches: Sequence[Batch]) -> list[LayerCall]:
     """The arguments the first decoder layer receives for each batch (embeddings, masks, RoPE)."""
     calls: list[LayerCall] = []
@@ -66,8 +141,8 @@ def capture_first_layer_calls(model: nn.Module, batches: Sequence[Batch]) -> lis
 
 
 def run_layer(
-    layer: nn.Module, calls: Sequence[LayerCall], members: Mapping[str, nn.Module] | None = None
-) -> tuple[dict[str, list[torch.Tensor]], list[LayerCall]]:
+    layer: nn.Module, calls: Calls, members: Mapping[str, nn.Module] | None = None
+) -> tuple[dict[str, list[torch.Tensor]], Calls]:
     """Run every call through ``layer``; return each member's input per call and the next layer's calls.
 
     Inputs are flattened to (tokens, in_features) float32. Members that receive the same
@@ -85,13 +160,14 @@ def run_layer(
 
         return hook
 
+    def step(call: LayerCall) -> torch.Tensor:
+        flat_by_id.clear()
+        return call.run(layer)
+
     handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in (members or {}).items()]
-    next_calls = []
     try:
         with torch.no_grad():
-            for call in calls:
-                flat_by_id.clear()
-                next_calls.append(call.with_hidden(call.run(layer)))
+            next_calls = advance(calls, step)
     finally:
         for h in handles:
             h.remove()

@@ -10,7 +10,7 @@ same statistics from one whole-model forward pass with hooks (no scores).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,6 +135,29 @@ def quantile_score(batches: Sequence[torch.Tensor] | torch.Tensor) -> float:
     return float(2 * np.abs(sample).max() / 254 / (q75 - q25 + 1e-10))
 
 
+def layer_input_stats(
+    inputs: Mapping[str, Sequence[torch.Tensor]], order: Sequence[str], scored: Collection[str]
+) -> dict[str, InputStats]:
+    """:class:`InputStats` of one layer's linears from their per-batch inputs (``run_layer``'s).
+
+    ``order``: the model's linear names (linears sharing one input share the first one's record);
+    ``scored``: those that also get their quantile score.
+    """
+    stats: dict[str, InputStats] = {}
+    by_tensor: dict[int, InputStats] = {}
+    for name in sorted(inputs, key=list(order).index):
+        first = inputs[name][0]
+        if id(first) not in by_tensor:
+            own = InputStats()
+            for x in inputs[name]:
+                own.update(x)
+            by_tensor[id(first)] = own
+        stats[name] = by_tensor[id(first)]
+        if name in scored and stats[name].quantile_score is None:
+            stats[name].quantile_score = quantile_score(inputs[name])
+    return stats
+
+
 def observe_layerwise(
     model: nn.Module,
     batches: Sequence[Batch],
@@ -157,17 +180,6 @@ def observe_layerwise(
         return {n: layer.get_submodule(n[len(prefix) :]) for n in wanted if layer_index(n) == i}
 
     head = model.get_submodule(LM_HEAD) if LM_HEAD in wanted else None
-    order = list(names)
-    for _i, inputs in iterate_layer_inputs(model, batches, members_of, head=head, stage_name=stage_name):
-        by_tensor: dict[int, InputStats] = {}
-        for name in sorted(inputs, key=order.index):
-            first = inputs[name][0]
-            if id(first) not in by_tensor:
-                own = InputStats()
-                for x in inputs[name]:
-                    own.update(x)
-                by_tensor[id(first)] = own
-            stats[name] = by_tensor[id(first)]
-            if name in scored and stats[name].quantile_score is None:
-                stats[name].quantile_score = quantile_score(inputs[name])
+    for _i, inputs in iterate_layer_inputs(model, batches, members_of, head=head):
+        stats.update(layer_input_stats(inputs, names, scored))
     return stats

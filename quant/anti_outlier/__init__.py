@@ -14,6 +14,7 @@ from quant.anti_outlier.base import (
     INPUTS_NONE,
     AntiOutlierMethod,
     PairContext,
+    PairTransform,
     add_zero_norm_biases,
     apply_pair_transform,
     pair_contexts,
@@ -42,6 +43,8 @@ class AntiOutlierReport:
     shifts: dict[str, torch.Tensor] = field(default_factory=dict)
     details: dict[str, dict[str, float]] = field(default_factory=dict)
     input_scales: dict[str, torch.Tensor] = field(default_factory=dict)  # per smoothed linear: its column scales
+    # per pair, the transform as chosen (what :func:`reapply_layer` applies again to the float layer)
+    transforms: dict[str, PairTransform] = field(default_factory=dict)
 
 
 def get_method(name: str) -> AntiOutlierMethod:
@@ -91,32 +94,65 @@ def apply_anti_outlier(
     contexts = pair_contexts(
         model, method.pairs, stats if method.needs_stats else None, resolved, weight_bits, weight_symmetric
     )
+    by_layer: dict[int, list[PairContext]] = {}
+    for ctx in contexts:
+        by_layer.setdefault(ctx.layer_index, []).append(ctx)
     if method.inputs == INPUTS_NONE:
-        for ctx in contexts:
-            _apply(ctx, method, report)
+        for layer_contexts in by_layer.values():
+            smooth_layer(layer_contexts, method, report)
     else:
         if not batches:
             raise ValueError(f"anti-outlier method {name} needs calibration batches")
-        by_layer: dict[int, list[PairContext]] = {}
-        for ctx in contexts:
-            by_layer.setdefault(ctx.layer_index, []).append(ctx)
-        used = list(batches) if method.inputs == INPUTS_ALL else list(batches[:1])
 
         def members_of(i: int, _layer: nn.Module) -> dict[str, nn.Module]:
-            return {ctx.first_next_name: ctx.nexts[0] for ctx in by_layer.get(i, [])}
+            return searched_members(by_layer.get(i, []))
 
-        for i, inputs in iterate_layer_inputs(model, used, members_of):
-            for ctx in by_layer.get(i, []):
-                ctx.inputs = torch.cat(inputs[ctx.first_next_name])  # (tokens, in)
-                _apply(ctx, method, report)
-                ctx.inputs = None
+        for i, inputs in iterate_layer_inputs(model, method_inputs_batches(name, batches), members_of):
+            smooth_layer(by_layer.get(i, []), method, report, inputs)
     if method.adds_norm_bias:
         add_zero_norm_biases(model)
     return report
 
 
+def method_inputs_batches(name: str, batches: Sequence[Batch]) -> list[Batch]:
+    """The anti-outlier batches whose raw pair inputs method ``name`` searches on (none, first, all)."""
+    inputs = get_method(name).inputs if name != "none" else INPUTS_NONE
+    return [] if inputs == INPUTS_NONE else list(batches) if inputs == INPUTS_ALL else list(batches[:1])
+
+
+def searched_members(contexts: Sequence[PairContext]) -> dict[str, nn.Module]:
+    """The modules whose raw inputs a searching method needs: each pair's first next linear."""
+    return {ctx.first_next_name: ctx.nexts[0] for ctx in contexts}
+
+
+def smooth_layer(
+    contexts: Sequence[PairContext],
+    method: AntiOutlierMethod,
+    report: AntiOutlierReport,
+    inputs: Mapping[str, Sequence[torch.Tensor]] | None = None,
+) -> None:
+    """Transform one decoder layer's pairs in order, recording each transform in ``report``.
+
+    ``inputs``: per first next linear, its raw inputs (tokens, in) per batch of
+    :func:`method_inputs_batches` (searching methods only). Norm biases are not added here.
+    """
+    for ctx in contexts:
+        if method.inputs != INPUTS_NONE:
+            ctx.inputs = torch.cat(list(inputs[ctx.first_next_name]))  # (tokens, in)
+        _apply(ctx, method, report)
+        ctx.inputs = None
+
+
+def reapply_layer(contexts: Sequence[PairContext], report: AntiOutlierReport) -> None:
+    """Apply the transforms ``report`` recorded for these pairs again, to the same float layer read
+    anew: the same weights as after :func:`smooth_layer`, bit for bit (norm biases not added)."""
+    for ctx in contexts:
+        apply_pair_transform(ctx, report.transforms[ctx.name])
+
+
 def _apply(ctx: PairContext, method: AntiOutlierMethod, report: AntiOutlierReport) -> None:
     transform = method.transform_fn(ctx)
+    report.transforms[ctx.name] = transform
     s_prev = apply_pair_transform(ctx, transform)
     report.scales[ctx.name] = s_prev.detach().cpu()
     if transform.shift is not None:

@@ -217,21 +217,41 @@ def pair_contexts(
 ) -> list[PairContext]:
     """Resolve the pair table against the model's layers and attach each pair's input statistics."""
     kv_groups, head_dim = kv_head_groups(model)
+    return [
+        ctx
+        for i, layer in enumerate(decoder_layers(model))
+        for ctx in layer_pair_contexts(
+            i, layer, pairs, stats, params, kv_groups, head_dim, weight_bits, weight_symmetric
+        )
+    ]
+
+
+def layer_pair_contexts(
+    index: int,
+    layer: nn.Module,
+    pairs: tuple[SmoothPair, ...],
+    stats: Mapping[str, InputStats] | None,
+    params: dict[str, Any],
+    kv_groups: int,
+    head_dim: int,
+    weight_bits: int = 8,
+    weight_symmetric: bool = True,
+) -> list[PairContext]:
+    """The pair contexts of decoder layer ``index`` (see :func:`pair_contexts`)."""
     contexts = []
-    for i, layer in enumerate(decoder_layers(model)):
-        for pair in pairs:
-            ctx = PairContext(
-                layer_index=i,
-                pair=pair,
-                prev=layer.get_submodule(pair.prev),
-                nexts=[layer.get_submodule(n) for n in pair.nexts],
-                params=params,
-                kv_groups=kv_groups,
-                head_dim=head_dim,
-                weight_bits=weight_bits,
-                weight_symmetric=weight_symmetric,
-            )
-            if stats is not None:
-                ctx.stats = stats[ctx.first_next_name]
-            contexts.append(ctx)
+    for pair in pairs:
+        ctx = PairContext(
+            layer_index=index,
+            pair=pair,
+            prev=layer.get_submodule(pair.prev),
+            nexts=[layer.get_submodule(n) for n in pair.nexts],
+            params=params,
+            kv_groups=kv_groups,
+            head_dim=head_dim,
+            weight_bits=weight_bits,
+            weight_symmetric=weight_symmetric,
+        )
+        if stats is not None:
+            ctx.stats = stats[ctx.first_next_name]
+        contexts.append(ctx)
     return contexts
