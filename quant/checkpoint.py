@@ -136,6 +136,13 @@ class StreamedModel:
         """Read the submodule ``prefix`` from the checkpoint (see :func:`load_module`)."""
         return load_module(self.model, prefix, self.reader, self.dtype, device)
 
+    def place_buffers(self, device: torch.device | str) -> None:
+        """Move the skeleton's real buffers (RoPE's tables) to the execution device."""
+        for owner in self.model.modules():
+            for leaf, buffer in list(owner._buffers.items()):
+                if buffer is not None and not buffer.is_meta:
+                    owner._buffers[leaf] = buffer.to(device)
+
     def reset(self, prefix: str) -> nn.Module:
         """Replace the submodule ``prefix`` by a fresh empty one, as the skeleton first had it: whatever
         was changed on it (added biases, hooks, replaced linears) is gone and its memory freed."""

@@ -30,6 +30,13 @@ EXTENSIONS = {
     "overwrite": "replace a non-empty save_directory (the old output is removed only after the new one is complete)",
     "allow_pickle": "allow loading .bin/.pt pickle checkpoints (they can run code)",
     "quiet": "no progress bars (they show only when stderr is a terminal); a bare --quiet means True",
+    "layerwise": "read, quantize and write one decoder layer at a time (default True; same output as False)",
+}
+_EXTENSION_DEFAULTS = {"layerwise": "True"}
+# Valued extensions of the layer-wise path: (parse the text, help).
+VALUE_EXTENSIONS = {
+    "activation_budget_gb": "hidden states of the calibration data above this many GB are spilled to disk",
+    "offload_dir": "where spilled hidden states go (default: a temporary directory beside save_directory)",
 }
 _LIST_FIELDS = ("disable_names", "calib_texts")
 _SKIP_FIELDS = ("anti_params",)
@@ -116,11 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--anti_params", default=None, help="harness extension: the anti-outlier method's settings")
     for name, text in EXTENSIONS.items():
         bare = {"nargs": "?", "const": "True"} if name == "quiet" else {}
-        parser.add_argument(f"--{name}", default="False", help=f"harness extension: {text}", **bare)
+        default = _EXTENSION_DEFAULTS.get(name, "False")
+        parser.add_argument(f"--{name}", default=default, help=f"harness extension: {text}", **bare)
+    for name, text in VALUE_EXTENSIONS.items():
+        parser.add_argument(f"--{name}", default=None, help=f"harness extension: {text}")
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[QuantConfig, dict[str, bool]]:
+def config_from_args(args: argparse.Namespace) -> tuple[QuantConfig, dict[str, Any]]:
     """Validate every parameter and build the QuantConfig (nothing is loaded yet)."""
     values: dict[str, Any] = {}
     fields = {f.name: f for f in dataclasses.fields(QuantConfig)}
@@ -133,15 +143,27 @@ def config_from_args(args: argparse.Namespace) -> tuple[QuantConfig, dict[str, b
             raise QuantInputError(name, "is required")
     if "calib_file" not in values and "calib_texts" not in values:
         values["calib_file"] = str(default_calib_file())  # the reference's default, recorded in quant_recipe.json
-    extensions = {name: parse_bool(name, getattr(args, name)) for name in EXTENSIONS}
+    extensions: dict[str, Any] = {name: parse_bool(name, getattr(args, name)) for name in EXTENSIONS}
+    if args.activation_budget_gb is not None:
+        budget = _parse_number("activation_budget_gb", args.activation_budget_gb, float)
+        if budget <= 0:
+            raise invalid_value("activation_budget_gb", args.activation_budget_gb, "a number of GB > 0")
+        extensions["activation_budget_gb"] = budget
+    if args.offload_dir is not None:
+        if not args.offload_dir.strip():
+            raise QuantInputError("offload_dir", "empty value; give a directory or leave the parameter out")
+        extensions["offload_dir"] = args.offload_dir
     return QuantConfig.from_dict(values), extensions
 
 
-def run(cfg: QuantConfig, overwrite: bool = False, allow_pickle: bool = False) -> dict[str, Any]:
-    """Check inputs, load, quantize and save; returns a summary for printing."""
+def run(cfg: QuantConfig, overwrite: bool = False, allow_pickle: bool = False, **layerwise: Any) -> dict[str, Any]:
+    """Check inputs, load, quantize and save; returns a summary for printing.
+
+    ``layerwise``: the layer-wise path's extensions (``layerwise``, ``activation_budget_gb``, ``offload_dir``).
+    """
     from quant.runner import quantize_to_directory
 
-    return quantize_to_directory(cfg, overwrite=overwrite, allow_pickle=allow_pickle)
+    return quantize_to_directory(cfg, overwrite=overwrite, allow_pickle=allow_pickle, **layerwise)
 
 
 def check_empty_equals(argv: Sequence[str]) -> None:
@@ -160,7 +182,7 @@ def reject_unknown(unknown: Sequence[str]) -> None:
         return
     first = unknown[0]
     name = first[2:].split("=", 1)[0] if first.startswith("--") else first
-    valid = ", ".join(sorted([*(f.name for f in dataclasses.fields(QuantConfig)), *EXTENSIONS]))
+    valid = ", ".join(sorted([*(f.name for f in dataclasses.fields(QuantConfig)), *EXTENSIONS, *VALUE_EXTENSIONS]))
     what = "unknown parameter" if first.startswith("--") else "stray argument (every value follows a --parameter)"
     raise QuantInputError(name, f"{what}; valid parameters: {valid}")
 

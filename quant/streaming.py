@@ -286,6 +286,7 @@ def _head_statistics(walk: _Walk, norm: nn.Module) -> None:
 def _start(walk: _Walk, streamed: StreamedModel, batches: Sequence[Batch], anti_batches: Sequence[Batch]) -> None:
     """Capture the first layer's inputs of every stream (the embeddings are read for this only)."""
     model, cfg = walk.model, walk.cfg
+    streamed.place_buffers(walk.options.device)
     streamed.load(EMBED, walk.options.device)
     needs_float = needs_float_observation(cfg) or (walk.method is not None and walk.method.inputs != INPUTS_NONE)
     if needs_float:

@@ -71,9 +71,9 @@ def test_48_layers_peak_within_embeddings_head_two_layers_and_activations(tmp_pa
     # layer's observed inputs, and that much again for a layer's intermediate activations.
     activations = 2 * 3 * boundary + 2 * observed
     del reference
-    cfg = QuantConfig.from_dict(
-        dict(model_path=str(tmp_path / "ckpt"), save_directory="x", calib_texts=TEXTS, w_bit=8, a_bit=8, anti_method="m1")
-    )
+    recipe = dict(w_bit=8, a_bit=8, anti_method="m1")
+    ckpt = str(tmp_path / "ckpt")
+    cfg = QuantConfig.from_dict(dict(model_path=ckpt, save_directory="x", calib_texts=TEXTS, **recipe))
 
     streamed = open_model(str(tmp_path / "ckpt"))
     writer = ModelWriter(tmp_path / "layerwise", quant_type=cfg.quant_type)

@@ -1,6 +1,7 @@
 """The layer-wise path writes the in-memory path's files byte for byte, for every scheme and method."""
 
 import hashlib
+import re
 import shutil
 
 import pytest
@@ -115,3 +116,90 @@ def test_spilled_hidden_states_give_the_same_files(tmp_path, tiny_tokenizer):
     assert got == expected
     assert len(created) >= 3 * 6  # every stream's boundaries went to disk
     assert list(spill.iterdir()) == []  # and were removed
+
+
+def _cli(checkpoint, out, calib_file, *extra) -> int:
+    from quant.cli import main
+
+    argv = ["--model_path", checkpoint, "--save_directory", out, "--calib_file", calib_file,
+            "--anti_method", "m2", "--disable_level", "L1", *extra]  # fmt: skip
+    return main([str(a) for a in argv])
+
+
+def test_cli_layerwise_false_and_true_and_spilled_write_the_same_files(tmp_path, tiny_tokenizer, calib_file):
+    checkpoint = save_checkpoint(tmp_path, tiny_tokenizer, "llama3.1")
+    out = tmp_path / "out"
+    assert _cli(checkpoint, out, calib_file, "--layerwise", "False") == 0
+    in_memory = _files(out)
+    shutil.rmtree(out)
+    assert _cli(checkpoint, out, calib_file) == 0
+    assert _files(out) == in_memory
+    shutil.rmtree(out)
+    offload = tmp_path / "offload"
+    assert _cli(checkpoint, out, calib_file, "--activation_budget_gb", "1e-7", "--offload_dir", offload) == 0
+    assert _files(out) == in_memory
+    assert list(offload.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--activation_budget_gb", "-1", "activation_budget_gb: .*a number of GB > 0"),
+        ("--activation_budget_gb", "lots", "activation_budget_gb: .*a number"),
+        ("--layerwise", "maybe", "layerwise: .*True, False"),
+    ],
+)
+def test_cli_layerwise_knobs_reject_bad_values(tmp_path, tiny_tokenizer, calib_file, capsys, flag, value, message):
+    checkpoint = save_checkpoint(tmp_path, tiny_tokenizer)
+    capsys.readouterr()  # the checkpoint writer's own progress output
+    with pytest.raises(SystemExit) as exit_info:
+        _cli(checkpoint, tmp_path / "out", calib_file, flag, value)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_module_is_read_onto_the_execution_device(tmp_path, tiny_tokenizer, monkeypatch):
+    """The device logic without a device: every read goes to options.device, and --device_type
+    becomes that device (resolve_device faked to hand back the CPU under another name)."""
+    from quant import runner
+    from quant.checkpoint import StreamedModel
+
+    checkpoint = save_checkpoint(tmp_path, tiny_tokenizer, "llama3")
+    seen = []
+    original = StreamedModel.load
+
+    def recording_load(self, prefix, device="cpu"):
+        seen.append((prefix, torch.device(device)))
+        return original(self, prefix, device)
+
+    asked = []
+    monkeypatch.setattr(StreamedModel, "load", recording_load)
+    monkeypatch.setattr(runner, "resolve_device", lambda device_type: asked.append(device_type) or torch.device("cpu"))
+    cfg = QuantConfig.from_dict(
+        dict(model_path=str(checkpoint), save_directory=str(tmp_path / "out"), calib_texts=TEXTS, device_type="cuda")
+    )
+    monkeypatch.setattr(runner, "open_model", lambda path, device_type, **kw: open_model(path, "cpu", **kw))
+    runner.quantize_layerwise_to_directory(cfg)
+    assert asked == ["cuda"]
+    assert [p for p, _ in seen] == [
+        "model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm", "lm_head"
+    ]  # fmt: skip
+    assert {d for _, d in seen} == {torch.device("cpu")}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_layerwise_on_cuda_matches_in_memory_on_cuda(tmp_path, tiny_tokenizer):
+    checkpoint = save_checkpoint(tmp_path, tiny_tokenizer, "llama3")
+    recipe = dict(w_bit=8, a_bit=8, anti_method="m1", device_type="cuda", disable_level="L1")
+    out = tmp_path / "out"
+    cfg = QuantConfig.from_dict(dict(model_path=str(checkpoint), save_directory=str(out), calib_texts=TEXTS, **recipe))
+    loaded = load_model(str(checkpoint), device_type="cuda")
+    save_result(quantize(loaded.model, loaded.tokenizer, cfg), loaded, str(out))
+    expected = _files(out)
+    shutil.rmtree(out)
+    from quant.runner import quantize_layerwise_to_directory
+
+    quantize_layerwise_to_directory(cfg)
+    assert _files(out) == expected
