@@ -123,3 +123,14 @@ def test_killed_single_run_is_marked_killed_and_its_leftovers_removed(tiny_input
     assert run.info.status == "KILLED"
     assert f"process {proc.pid} ended before the run did" in run.data.tags["error"]
     assert not save_dir.exists() and not list(run_dir.glob(".quantized.*"))
+
+
+def test_a_sweep_whose_parent_run_cannot_be_opened_stops_with_one_line(tiny_inputs):
+    """The start hook's failure ends the sweep (Hydra would only warn and launch the jobs)."""
+    args = ["-m", "disable_level=L0,L1", *tiny_inputs.sweep_args(), "tracking.tracking_uri=nosuchscheme://store"]
+    proc = run_module("sweep", args, cwd=tiny_inputs.root)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("sweep: error: could not open the sweep's parent run:") and "nosuchscheme" in last
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not job_lines(proc.stdout)  # no job was launched
