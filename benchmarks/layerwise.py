@@ -161,6 +161,8 @@ def calibration_texts(model_dir: Path) -> list[str]:
 
 def measure(model: str, save: str, layerwise: bool, calib: dict[str, Any], float_forward: bool) -> dict[str, Any]:
     """Quantize once in this process (W8A8, m1, act_method 1, L0); sizes in MiB, times in s."""
+    import transformers.modeling_utils  # noqa: F401  (the runtime: imported before it is measured)
+
     from quant.config import QuantConfig
     from quant.runner import quantize_to_directory
 

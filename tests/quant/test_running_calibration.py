@@ -19,7 +19,7 @@ from torch import nn
 
 from quant.arch import get_module, linear_names, set_module
 from quant.calib import tokenize_texts
-from quant.calibrate import calibrate_model
+from quant.calibrate import calibrate_model, sqnr_rows
 from quant.config import QuantConfig
 from quant.observers import observer_factory
 from quant.pipeline import quantize, smooth
@@ -60,7 +60,8 @@ class WholeModelFakeQuant(nn.Module):
         x_fq = (torch.clamp(torch.round(x / scale + offset), -128, 127) - offset) * scale
         w = (self.quantized.weight.float() - self.quantized.weight_offset) * self.quantized.weight_scale
         out = F.linear(x_fq, w)
-        self.sqnr.update(self.float_linear(x), out)
+        rows = sqnr_rows(out.shape[-1])  # the report's output channels
+        self.sqnr.update(self.float_linear(x)[..., rows], out[..., rows])
         return out
 
 
