@@ -73,9 +73,14 @@ def write_random_llama(directory: Path, shape: dict[str, Any], num_layers: int, 
     gen = torch.Generator().manual_seed(seed)
     hidden, inter = config.hidden_size, config.intermediate_size
     kv = config.num_key_value_heads * (hidden // config.num_attention_heads)
+    drawn: dict[tuple[int, int], torch.Tensor] = {}
 
-    def randn(*shape_: int) -> torch.Tensor:
-        return (torch.randn(*shape_, generator=gen) * 0.02).to(torch.bfloat16)
+    def randn(rows: int, cols: int, layer: int = 0) -> torch.Tensor:
+        """N(0, 0.02²) bf16 weights: one draw per shape, rolled by a different offset for each layer
+        (distinct layers at the cost of a copy; drawing 6.7e9 normals on 2 shared cores takes ~1 hour)."""
+        if (rows, cols) not in drawn:
+            drawn[(rows, cols)] = (torch.randn(rows, cols, generator=gen) * 0.02).to(torch.bfloat16)
+        return torch.roll(drawn[(rows, cols)], shifts=(layer * 7919) % (rows * cols))
 
     count = num_layers + 1
     weight_map: dict[str, str] = {}
