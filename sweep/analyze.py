@@ -47,7 +47,8 @@ def ranked_linears(bench: Workbench, setting: Setting, mode: str, n_blocks: int)
 
 def log_ranking(rows: Sequence[LayerSensitivity], mode: str, module_order: Sequence[str]) -> None:
     """The ranking into the active MLflow run: JSON, text table, plot."""
-    mlflow.log_dict({"mode": mode, "rows": [r.to_dict() for r in rows]}, RANKING_ARTIFACT)
+    ranking = {"mode": mode, "rows": [r.to_dict() for r in rows], "module_order": list(module_order)}
+    mlflow.log_dict(ranking, RANKING_ARTIFACT)
     mlflow.log_text(sensitivity_table(rows, mode), "sensitivity/table.txt")
     mlflow.log_figure(sensitivity_figure(rows, mode, module_order), "plots/sensitivity.png")
 

@@ -33,6 +33,7 @@ def test_the_planted_linear_ranks_first_and_the_ranking_is_logged(planted_overri
     assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/sensitivity.png"]
     ranking = json.loads(Path(client.download_artifacts(run.info.run_id, RANKING_ARTIFACT, str(tmp_path))).read_text())
     rows = ranking["rows"]
+    assert ranking["module_order"][0] == "model.layers.0.self_attn.q_proj"
     assert ranking["mode"] == mode and len(rows) == 14  # 2 layers x 7 linears; lm_head stays float
     assert rows[0]["name"] == PLANTED and rows[0]["score"] > 3 * rows[1]["score"]
     # The quantizer's own SQNR agrees: the planted linear is by far the noisiest.
