@@ -15,6 +15,7 @@ from pathlib import Path
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
+from quant.export import RECIPE_FILE
 from sweep.run_owner import owner_alive
 from sweep.search_filter import quoted
 
@@ -50,8 +51,9 @@ def output_dir(run: Run) -> Path | None:
 
 
 def remove_leftovers(client: MlflowClient, experiment_id: str, run: Run) -> list[Path]:
-    """Remove a run's output directory and export temporaries, unless a FINISHED run owns the same
-    directory (then the output is that run's); returns what was removed."""
+    """Remove a run's export temporaries, and its output directory when the run wrote it (a saved
+    recipe newer than the run's start) and no FINISHED run owns the same directory; anything else
+    there (another tool's files, an older output) is kept. Returns what was removed."""
     directory = output_dir(run)
     if directory is None or not directory.parent.is_dir():
         return []
@@ -60,11 +62,16 @@ def remove_leftovers(client: MlflowClient, experiment_id: str, run: Run) -> list
         for p in sorted(directory.parent.iterdir())
         if p.is_dir() and any(p.name.startswith(f".{directory.name}{prefix}") for prefix in _LEFTOVER_PREFIXES)
     ]
-    if directory.exists() and not _finished_elsewhere(client, experiment_id, run, directory):
+    if _written_by(run, directory) and not _finished_elsewhere(client, experiment_id, run, directory):
         removed.append(directory)
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed
+
+
+def _written_by(run: Run, directory: Path) -> bool:
+    recipe = directory / RECIPE_FILE
+    return recipe.is_file() and recipe.stat().st_mtime * 1000 >= (run.info.start_time or 0)
 
 
 def _finished_elsewhere(client: MlflowClient, experiment_id: str, run: Run, directory: Path) -> bool:

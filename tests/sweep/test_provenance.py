@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -20,11 +21,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 import sweep.app  # noqa: F401  (registers the repo_root resolver the configs use)
+from quant.export import RECIPE_FILE
 from sweep.callbacks import count_jobs
 from sweep.compose import CONF_DIR
 from sweep.provenance import config_hash, sweep_key
 from sweep.run_owner import process_start
-from sweep.stale_runs import reap_stale_runs
+from sweep.stale_runs import OUTPUT_TAG, reap_stale_runs
 from sweep.tracking import tracked_run
 
 
@@ -157,3 +159,30 @@ def test_run_names_tell_configs_apart(tiny_model_dir):
     assert len(set(names)) == len(names), names
     assert names[0].startswith("w8a8-none-act1-L0-boolq50-")
     assert names[1].startswith("w8a8-none-act1-L0-boolq50[quant.disable_last_linear=false]-")
+
+
+def test_leftovers_of_a_killed_run_go_and_other_files_stay(tiny_inputs):
+    """A reaped run's own output (a recipe written after it started) and export temporaries are
+    removed; a directory with another tool's files, or an output a FINISHED run owns, is kept."""
+    client = MlflowClient(tiny_inputs.uri)
+    experiment_id = client.create_experiment("e")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+
+    def killed_run_writing(directory: Path, recipe: bool) -> str:
+        tags = {"sweep.pid": dead.stdout.strip(), "sweep.host": socket.gethostname(), OUTPUT_TAG: str(directory)}
+        run_id = client.create_run(experiment_id, tags=tags).info.run_id
+        directory.mkdir(parents=True)
+        (directory / (RECIPE_FILE if recipe else "not-mine.txt")).write_text("{}")
+        return run_id
+
+    own = tiny_inputs.root / "a" / "quantized"
+    killed_run_writing(own, recipe=True)
+    (own.parent / ".quantized.tmp-x1").mkdir()
+    foreign = tiny_inputs.root / "b" / "quantized"
+    killed_run_writing(foreign, recipe=False)
+    shared = tiny_inputs.root / "c" / "quantized"
+    killed_run_writing(shared, recipe=True)
+    client.set_terminated(client.create_run(experiment_id, tags={OUTPUT_TAG: str(shared)}).info.run_id)
+    assert len(reap_stale_runs(client, experiment_id)) == 3
+    assert not own.exists() and not (own.parent / ".quantized.tmp-x1").exists()
+    assert (foreign / "not-mine.txt").is_file() and (shared / RECIPE_FILE).is_file()
