@@ -13,14 +13,12 @@ written after every recipe (JSON + markdown) so an interrupted run keeps what it
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
 import platform
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +29,9 @@ from benchmarks.common import SMOLLM2 as MODEL
 from eval.boolq import evaluate_boolq
 from eval.perplexity import wikitext_perplexity
 from quant.config import QuantConfig
+from quant.memo import Memo, MemoryMemo
 from quant.model_io import load_model
-from quant.pipeline import Smoothing, calibration_batches, quantize, smooth
+from quant.pipeline import quantize
 
 ANTI_METHODS = ("none", "m1", "m2", "m3", "m4", "m5", "m6")
 ACT_METHODS = (1, 2, 3)
@@ -68,54 +67,44 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, args: argparse.Namespace) -
     return row
 
 
+SMOOTHING_STAGES = ("observe_s", "anti_outlier_s", "range_param_s", "kv_cache_s")  # paid once per anti_method
+
+
 def run_recipe(
-    smoothed: torch.nn.Module,
-    tokenizer: Any,
+    loaded: Any,
     cfg: QuantConfig,
-    shared: SharedSmoothing,
+    memo: Memo,
+    shared: dict[str, float],
     args: argparse.Namespace,
     baseline: dict[str, Any],
 ) -> dict[str, Any]:
-    """Quantize a copy of the smoothed model with ``cfg`` and evaluate it. ``quantize_s`` counts the
-    shared smoothing once per recipe, as if the recipe had been run alone."""
-    model = copy.deepcopy(smoothed)
+    """Quantize the float model with ``cfg`` through ``memo`` (one smoothing per anti_method) and
+    evaluate it. ``shared``: the smoothing stages' seconds, filled by the anti_method's first recipe;
+    ``quantize_s`` counts them once per recipe, as if the recipe had been run alone."""
     t = time.perf_counter()
-    result = quantize(model, tokenizer, cfg, calib_batches=shared.batches, smoothing=shared.smoothing)
-    quantize_s = time.perf_counter() - t + shared.seconds
+    result = quantize(loaded.model, loaded.tokenizer, cfg, memo)
+    quantize_s = time.perf_counter() - t
+    if not shared:
+        shared.update({k: v for k, v in result.timings.items() if k in SMOOTHING_STAGES})
+    else:
+        quantize_s += sum(shared.values())
+    model = result.model
     sqnr = [r.sqnr_db for r in result.layers if r.sqnr_db is not None and math.isfinite(r.sqnr_db)]
     row: dict[str, Any] = {
         "anti_method": cfg.anti_method,
         "act_method": cfg.act_method,
         "quantize_s": quantize_s,
-        "timings": {**shared.smoothing.timings, **result.timings},
+        "timings": {**shared, **result.timings},
         "float_layers": len(result.float_layers),
         "sqnr_mean_db": statistics.fmean(sqnr),
         "sqnr_min_db": min(sqnr),
         "observers": sorted({r.observer for r in result.layers if r.observer}),
         "anti_details": _summarise_details(result.anti_outlier.details),
     }
-    row.update(evaluate(model, tokenizer, args))
+    row.update(evaluate(model, loaded.tokenizer, args))
     if "boolq_preds" in row and "boolq_preds" in baseline:
         row["boolq_agree"] = statistics.fmean(a == b for a, b in zip(row["boolq_preds"], baseline["boolq_preds"]))
     return row
-
-
-@dataclass
-class SharedSmoothing:
-    """One anti-outlier method's smoothing, shared by its act_method variants (it does not depend on them)."""
-
-    batches: list
-    smoothing: Smoothing
-    seconds: float
-
-
-def smooth_once(loaded: Any, cfg: QuantConfig) -> tuple[torch.nn.Module, SharedSmoothing]:
-    """A smoothed copy of the float model and what ``quantize(..., smoothing=...)`` needs to reuse it."""
-    model = copy.deepcopy(loaded.model)
-    t = time.perf_counter()
-    batches = calibration_batches(loaded.tokenizer, cfg, "cpu")
-    smoothing = smooth(model, batches, cfg)
-    return model, SharedSmoothing(batches, smoothing, time.perf_counter() - t)
 
 
 def _summarise_details(details: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -191,10 +180,10 @@ def main() -> None:
             QuantConfig(calib_file=args.calib_file, anti_method=anti, act_method=act, model_type=args.model_type)
             for act in args.act_methods
         ]
-        smoothed, shared = smooth_once(loaded, recipes[0])
+        memo, shared = MemoryMemo(), {}
         for cfg in recipes:
             act = cfg.act_method
-            row = run_recipe(smoothed, loaded.tokenizer, cfg, shared, args, baseline)
+            row = run_recipe(loaded, cfg, memo, shared, args, baseline)
             rows.append(row)
             write_results(out, meta, baseline, rows)
             print(

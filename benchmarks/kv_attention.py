@@ -10,7 +10,6 @@ budget, plus the size of the output on disk. Not a test: it takes minutes on a C
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import shutil
@@ -24,12 +23,11 @@ from benchmarks.common import BOOLQ_CALIB as CALIB
 from benchmarks.common import SMOLLM2 as MODEL
 from benchmarks.common import WIKITEXT
 from eval.perplexity import wikitext_perplexity
-from quant.arch import LM_HEAD, linear_names
 from quant.config import QuantConfig
 from quant.export import save_quantized
+from quant.memo import MemoryMemo
 from quant.model_io import load_model
-from quant.observe import observe_linear_inputs
-from quant.pipeline import calibration_batches, quantize
+from quant.pipeline import quantize
 from quant.reload import load_quantized
 
 # name -> QuantConfig fields on top of the shared W8A8 m1 recipe (default llama2 fallback:
@@ -58,9 +56,8 @@ def run(out_dir: Path, max_tokens: int, block_size: int) -> list[dict[str, Any]]
     loaded = load_model(str(MODEL))
     float_model, tokenizer = loaded.model, loaded.tokenizer
     base = QuantConfig(model_path=str(MODEL), calib_file=str(CALIB), anti_method="m1")
-    batches = calibration_batches(tokenizer, base, "cpu")
-    # The float model's input statistics serve every recipe's anti-outlier step.
-    anti_stats = observe_linear_inputs(float_model, batches, [n for n in linear_names(float_model) if n != LM_HEAD])
+    # The float model's input statistics and its smoothing serve every recipe (they differ after it).
+    memo = MemoryMemo()
 
     rows = []
     t = time.perf_counter()
@@ -73,9 +70,9 @@ def run(out_dir: Path, max_tokens: int, block_size: int) -> list[dict[str, Any]]
     probe = tokenizer("The tower is 324 metres tall, about the same height", return_tensors="pt").input_ids
     for name, fields in RECIPES.items():
         cfg = QuantConfig(**{**base.to_dict(), **fields})
-        model = copy.deepcopy(float_model)
         t = time.perf_counter()
-        result = quantize(model, tokenizer, cfg, calib_batches=batches, anti_stats=anti_stats)
+        result = quantize(float_model, tokenizer, cfg, memo)
+        model = result.model
         quant_s = time.perf_counter() - t
         target = out_dir / name
         shutil.rmtree(target, ignore_errors=True)

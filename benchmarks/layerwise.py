@@ -207,8 +207,8 @@ def _float_forward(model: str, cfg: Any) -> dict[str, float]:
     """Seconds of one plain float forward over the calibration set (backbone + lm_head), and the model's MiB."""
     import torch
 
+    from quant.calib import calibration_batches
     from quant.model_io import load_model
-    from quant.pipeline import calibration_batches
 
     loaded = load_model(model)
     batches = calibration_batches(loaded.tokenizer, cfg, "cpu")

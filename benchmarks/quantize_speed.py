@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from benchmarks.common import BOOLQ_CALIB, SMOLLM2, Figure, ratios, timed, write_result
-from quant.calib import Batch
+from quant.calib import Batch, calibration_batches
 from quant.config import QuantConfig
 from quant.model_io import load_model
-from quant.pipeline import calibration_batches, quantize
+from quant.pipeline import quantize
 
 
 def float_forward(model: torch.nn.Module, batches: list[Batch]) -> None:

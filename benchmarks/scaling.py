@@ -24,6 +24,7 @@ from benchmarks.common import Figure, timed, write_result
 from benchmarks.memory import model_bytes, release_free_heap, reset_peak_rss, status_kib
 from quant.calib import Batch
 from quant.config import QuantConfig
+from quant.memo import NO_MEMO, Preset
 from quant.pipeline import quantize
 
 VOCAB = 4096
@@ -64,7 +65,7 @@ def measure(width: int, depth: int, tokens: int, repeats: int) -> dict[str, Any]
         release_free_heap()
         before = status_kib("VmRSS") * 1024
         reset_peak_rss()
-        _, elapsed = timed(lambda m=model: quantize(m, None, cfg, calib_batches=batches))
+        _, elapsed = timed(lambda m=model: quantize(m, None, cfg, Preset(NO_MEMO, calib_data=batches)))
         extra.append((status_kib("VmHWM") * 1024 - before) / size)
         seconds.append(elapsed)
         del model

@@ -13,7 +13,6 @@ Writes ``results.json`` (after every scheme) and ``results.md`` under ``--out``.
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import re
@@ -31,11 +30,11 @@ from benchmarks.common import WIKITEXT
 from eval.boolq import evaluate_boolq
 from eval.compare import compare_boolq
 from eval.perplexity import wikitext_perplexity
-from quant.arch import LM_HEAD, linear_names
+from quant.calib import calibration_batches
 from quant.config import QuantConfig
+from quant.memo import Memo, MemoryMemo, Preset
 from quant.model_io import load_model
-from quant.observe import observe_linear_inputs
-from quant.pipeline import calibration_batches, quantize
+from quant.pipeline import quantize
 from quant.reload import load_quantized
 from quant.runner import save_result
 
@@ -77,14 +76,12 @@ def float_bytes(model: torch.nn.Module) -> int:
     return sum(seen.values())
 
 
-def run_scheme(
-    name: str, flags: dict[str, Any], loaded: Any, batches: list, anti_stats: dict, args: argparse.Namespace
-) -> dict:
+def run_scheme(name: str, flags: dict[str, Any], loaded: Any, memo: Memo, args: argparse.Namespace) -> dict:
     directory = args.out / re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
     cfg = QuantConfig(model_path=str(MODEL), save_directory=str(directory), calib_file=str(CALIB), **flags)
-    model = copy.deepcopy(loaded.model)
     t = time.perf_counter()
-    result = quantize(model, loaded.tokenizer, cfg, calib_batches=batches, anti_stats=anti_stats)
+    result = quantize(loaded.model, loaded.tokenizer, cfg, memo)
+    model = result.model
     quant_s = time.perf_counter() - t
     save_result(result, loaded, str(directory), overwrite=True)
     del model, result
@@ -139,15 +136,15 @@ def main() -> None:
     torch.manual_seed(0)
     loaded = load_model(str(MODEL))
     batches = calibration_batches(loaded.tokenizer, QuantConfig(calib_file=str(CALIB)), "cpu")[: args.calib_n]
-    # The float model's input statistics, shared by every scheme's anti-outlier step (lm_head stays float).
-    anti_stats = observe_linear_inputs(loaded.model, batches, [n for n in linear_names(loaded.model) if n != LM_HEAD])
+    # The first calib_n batches for every scheme; the float statistics and smoothings shared between them.
+    memo = Preset(MemoryMemo(), calib_data=batches)
     float_eval = evaluate(loaded.model, loaded.tokenizer, args)
     float_row = {"ppl": float_eval["ppl"], "boolq_acc": float_eval["boolq"].accuracy, "eval_s": float_eval["eval_s"]}
     float_row["weight_bytes"] = float_bytes(loaded.model)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()] or list(SCHEMES)
     rows = []
     for name in wanted:
-        row = run_scheme(name, SCHEMES[name], loaded, batches, anti_stats, args)
+        row = run_scheme(name, SCHEMES[name], loaded, memo, args)
         cmp = compare_boolq(float_eval["boolq"], row.pop("boolq"))
         row.update(boolq_acc=cmp.candidate_accuracy, boolq_flips=cmp.n_flips, boolq_mean_kl=cmp.mean_kl)
         rows.append(row)

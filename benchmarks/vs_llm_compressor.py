@@ -37,6 +37,7 @@ from benchmarks.common import BOOLQ_CALIB, DATA, RESULTS, SMOLLM2, WIKITEXT, Fig
 from eval.perplexity import wikitext_perplexity
 from quant.calib import read_calib_texts, tokenize_texts
 from quant.config import QuantConfig
+from quant.memo import NO_MEMO, Preset
 from quant.model_io import LoadedModel, load_model
 from quant.pipeline import quantize
 from sweep.float_model_cache import write_float_model
@@ -145,7 +146,7 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 def quantize_ours(model: torch.nn.Module, tokenizer: Any, batches: list, args: argparse.Namespace) -> dict[str, float]:
     """Our W8A8 m1 (act_method 1, the reference's llama2 defaults) in place: total and per-stage seconds."""
     cfg = QuantConfig(calib_file=str(CALIB), anti_method="m1", anti_params={"alpha": ALPHA}, act_method=1)
-    result, seconds = timed(lambda: quantize(model, tokenizer, cfg, calib_batches=batches))
+    result, seconds = timed(lambda: quantize(model, tokenizer, cfg, Preset(NO_MEMO, calib_data=batches)))
     return {"total": seconds, **result.timings}
 
 

@@ -4,14 +4,19 @@ anti-outlier data of ``anti_calib_file`` (``.jsonl``: groups of 4 texts without 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from quant.errors import QuantInputError
+
+if TYPE_CHECKING:
+    from quant.config import QuantConfig
 
 Batch = dict[str, torch.Tensor]
 TEXT_KEY = "inputs_pretokenized"
@@ -202,3 +207,46 @@ def anti_calibration_batches(
         )
         for texts in groups
     ]
+
+
+def calibration_batches(tokenizer: Any, cfg: QuantConfig, device: torch.device | str) -> list[Batch]:
+    """Tokenized calibration data: ``calib_file`` if given, else ``calib_texts`` (SPEC §1)."""
+    if cfg.calib_file:
+        texts = read_calib_texts(cfg.calib_file)
+    elif cfg.calib_texts:
+        texts = list(cfg.calib_texts)
+    else:
+        raise QuantInputError("calib_file", "no calibration data: give calib_file (JSONL) or calib_texts")
+    return tokenize_texts(
+        tokenizer,
+        texts,
+        device=device,
+        input_ids_name=cfg.input_ids_name,
+        attention_mask_name=cfg.attention_mask_name,
+    )
+
+
+def anti_outlier_batches(
+    tokenizer: Any, cfg: QuantConfig, device: torch.device | str, calib: Sequence[Batch]
+) -> list[Batch]:
+    """The anti-outlier data: ``anti_calib_file`` if given, else the calibration batches (SPEC §1)."""
+    if not cfg.anti_calib_file:
+        return list(calib)
+    return anti_calibration_batches(
+        tokenizer,
+        cfg.anti_calib_file,
+        device=device,
+        input_ids_name=cfg.input_ids_name,
+        attention_mask_name=cfg.attention_mask_name,
+    )
+
+
+def batches_digest(batches: Sequence[Batch]) -> str:
+    """Hash of the token batches exactly as the model sees them (keys, shapes, dtypes, values)."""
+    digest = hashlib.sha256()
+    for batch in batches:
+        for name in sorted(batch):
+            tensor = batch[name].detach().to("cpu").contiguous()
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from quant.arch import LM_HEAD, layer_index
+from quant.config import QuantConfig
 from quant.errors import QuantInputError
+from quant.observe import InputStats
 
 _EARLY_LAYERS = 5  # layers 0-4 of the llama3 / llama3.1 defaults
 
@@ -103,3 +105,34 @@ def threshold_fallback(
         for name in candidates
         if name not in skip and quantile_scores[name] > threshold
     }
+
+
+def choose_float_layers(
+    cfg: QuantConfig,
+    names: Sequence[str],
+    stats: Mapping[str, InputStats],
+    threshold_scores: Mapping[str, float | None] | None = None,
+) -> dict[str, str]:
+    """Linears kept in float, with the reason: names (or defaults), last linear, threshold, level.
+
+    ``stats``: the smoothed model's statistics (range_param); ``threshold_scores``: the float
+    model's threshold scores. With ``disable_threshold`` > 0 the names are candidates, not float
+    layers (SPEC §5, as the reference): the user's disable_names, else every down_proj, and only
+    those scoring above t stay float, with lm_head; the model_type's defaults are not used.
+    """
+    float_layers: dict[str, str] = {}
+    if cfg.disable_threshold <= 0:
+        float_layers = names_fallback(cfg.disable_names, cfg.model_type, cfg.a_bit, names)
+    elif cfg.disable_names:
+        check_disable_names(cfg.disable_names, names)
+    if cfg.quant_type == "FLOAT":
+        float_layers.update({n: "w_bit 16: no quantization" for n in names if n not in float_layers})
+    if cfg.disable_last_linear:
+        float_layers.setdefault(LM_HEAD, "disable_last_linear")
+    candidates = threshold_candidates(cfg.disable_names, names)
+    float_layers.update(
+        threshold_fallback(cfg.disable_threshold, threshold_scores or {}, candidates, list(float_layers))
+    )
+    range_params = {n: stats[n].range_param for n in names if n in stats}
+    float_layers.update(level_fallback(cfg.disable_level_count, range_params, list(float_layers)))
+    return float_layers

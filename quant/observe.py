@@ -10,8 +10,11 @@ same statistics from one whole-model forward pass with hooks (no scores).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -183,3 +186,41 @@ def observe_layerwise(
     for _i, inputs in iterate_layer_inputs(model, batches, members_of, head=head):
         stats.update(layer_input_stats(inputs, names, scored))
     return stats
+
+
+class InputStatsCodec:
+    """Observed statistics in a directory (one ``torch.save`` file), read back onto ``device``.
+
+    Linears sharing one input (q/k/v) share one record on disk, and one object again when read.
+    """
+
+    FILE = "input_stats.pt"
+    _TENSOR_FIELDS = ("amax", "cmax", "cmin", "outlier_sigmas")
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = device
+
+    def write(self, value: dict[str, InputStats], directory: Path) -> None:
+        records: list[dict[str, Any]] = []
+        index: dict[str, int] = {}
+        position: dict[int, int] = {}  # id(InputStats) -> its record
+        for name, stat in value.items():
+            if id(stat) not in position:
+                position[id(stat)] = len(records)
+                record = dataclasses.asdict(stat)
+                for key in self._TENSOR_FIELDS:
+                    if record[key] is not None:
+                        record[key] = record[key].detach().to("cpu")
+                records.append(record)
+            index[name] = position[id(stat)]
+        torch.save({"index": index, "records": records}, directory / self.FILE)
+
+    def read(self, directory: Path) -> dict[str, InputStats]:
+        payload = torch.load(directory / self.FILE, map_location="cpu", weights_only=True)
+        shared: list[InputStats] = []
+        for record in payload["records"]:
+            for key in self._TENSOR_FIELDS:
+                if record[key] is not None:
+                    record[key] = record[key].to(self.device)
+            shared.append(InputStats(**record))
+        return {name: shared[i] for name, i in payload["index"].items()}

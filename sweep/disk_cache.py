@@ -9,27 +9,14 @@ computed the same content, since the key is a hash of everything the content dep
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
-
-
-def content_key(*parts: Any) -> str:
-    """A short hex digest of ``parts`` (bytes are hashed as they are, anything else as JSON)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        data = part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode()
-        digest.update(len(data).to_bytes(8, "little"))  # length prefix: ("ab", "c") != ("a", "bc")
-        digest.update(data)
-    return digest.hexdigest()[:24]
 
 
 class DiskCache:

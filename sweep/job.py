@@ -25,7 +25,7 @@ from quant import progress
 from quant.config import QuantConfig
 from quant.export import LAYER_REPORT_FILE, RECIPE_FILE
 from quant.model_io import LoadedModel
-from quant.pipeline import calibration_batches, quantize
+from quant.pipeline import quantize
 from quant.placement import device_budgets, spread_over_devices
 from quant.reload import load_quantized
 from quant.report_plot import plot_layer_sqnr
@@ -199,20 +199,13 @@ def run_job(
             mlflow.set_tags({"float_baseline_source": baseline.source, "float_baseline_cache_key": baseline.cache_key})
 
         t0 = time.perf_counter()
-        device = next(loaded.model.parameters()).device
-        batches = calibration_batches(loaded.tokenizer, qcfg, device)
-        smoothed, smoothing = shared_work.smoothed_model(loaded, batches, qcfg, disk_cache(cfg))
-        metrics["smoothing_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        job_model = shared_work.private_copy(smoothed)
-        metrics["copy_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        result = quantize(job_model.model, job_model.tokenizer, qcfg, calib_batches=batches, smoothing=smoothing)
+        memo = shared_work.SweepMemo(loaded.fingerprint, disk_cache(cfg))
+        result = quantize(loaded.model, loaded.tokenizer, qcfg, memo)
+        job_model = dataclasses.replace(loaded, model=result.model)
         metrics["quantize_s"] = time.perf_counter() - t0
         metrics.update({f"time_{k}": v for k, v in result.timings.items()})
         t0 = time.perf_counter()
-        saved = save_result(result, job_model, qcfg.save_directory, overwrite=overwrite)
+        saved = save_result(result, loaded, qcfg.save_directory, overwrite=overwrite)
         metrics["save_s"] = time.perf_counter() - t0
         metrics["size_bytes"] = float(saved.total_bytes)
         metrics["float_layers"] = float(len(result.float_layers))

@@ -14,8 +14,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from quant.errors import QuantInputError
+from quant.memo import content_key
 from quant.model_io import fingerprint_source, resolve_model_source
-from sweep.disk_cache import content_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = (

@@ -9,31 +9,16 @@ lookup is recorded as a :class:`CacheEvent` so each job can log what it reused.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from quant.anti_outlier import needs_statistics
-from quant.calib import Batch
-from quant.config import QuantConfig
+from quant.memo import Codec, content_key
 from quant.model_io import LoadedModel, load_model, resolve_model_source
-from quant.observe import InputStats
-from quant.pipeline import (
-    Smoothing,
-    anti_outlier_batches,
-    anti_outlier_choice,
-    observe_float_model,
-    observed_linears,
-    smooth,
-    smoothing_settings,
-)
-from sweep.disk_cache import DiskCache, content_key
+from sweep.disk_cache import DiskCache
 from sweep.float_model_cache import float_model_key_parts, read_float_model, write_float_model
-from sweep.observation_cache import batches_digest, observation_key_parts, read_stats, write_stats
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,7 +45,7 @@ class CacheEvent:
 _models: dict[tuple, tuple[LoadedModel, str]] = {}  # memory key -> (model, content key)
 _results: dict[tuple, Any] = {}
 _events: list[CacheEvent] = []
-_smoothed: dict[str, tuple[LoadedModel, Smoothing]] = {}  # at most one entry
+SMOOTHING_KIND = "smoothing"
 
 
 def reset_events() -> None:
@@ -92,7 +77,7 @@ def float_model(
 ) -> LoadedModel:
     """The loaded float model for these arguments: from memory, the disk cache, or its source.
 
-    Callers must not modify the returned model: quantize a :func:`private_copy` of it.
+    Callers must not modify the returned model (``quantize`` with a sharing memo copies it).
     """
     started = time.perf_counter()
     tokenizer_key = repr(sorted((tokenizer_args or {}).items()))
@@ -146,78 +131,52 @@ def _read_disk_model(
         return None
 
 
-def private_copy(loaded: LoadedModel) -> LoadedModel:
-    """A copy whose model a job may transform in place (the tokenizer is shared, read-only)."""
-    return dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+class SweepMemo:
+    """The :class:`quant.memo.Memo` of one float model for the jobs of this process: memory, then
+    the disk cache for the steps that have a codec, then ``compute()``; each lookup is an event.
 
-
-def float_observation(
-    loaded: LoadedModel, batches: Sequence[Batch], cfg: QuantConfig, disk: DiskCache | None = None
-) -> dict[str, InputStats]:
-    """The float model's input statistics over ``batches`` (what ``quantize(anti_stats=...)`` takes).
-
-    Returns a private copy: an anti-outlier method may modify it without touching the cache.
+    Only the latest smoothed model is kept (a grid iterates its first axis, anti_method,
+    outermost), so memory holds one more model.
     """
-    started = time.perf_counter()
-    model = loaded.model
-    parameter = next(model.parameters())
-    names = observed_linears(model, cfg)
-    device = str(parameter.device)
-    key = content_key(*observation_key_parts(loaded.fingerprint, parameter.dtype, device, batches, names))
-    memory_key = ("observation", key)
-    outcome = "memory"
-    if memory_key not in _results:
-        stats = _read_disk_stats(disk, key, parameter.device) if disk is not None else None
-        outcome = "disk"
-        if stats is None:
-            outcome = "computed"
-            stats = observe_float_model(model, batches, cfg)
-            if disk is not None:
-                disk.write("observation", key, lambda directory: write_stats(directory, stats))
-        _results[memory_key] = stats
-    _record("observation", outcome, key, started)
-    return copy.deepcopy(_results[memory_key])
+
+    shares = True
+
+    def __init__(self, model_key: str, disk: DiskCache | None = None) -> None:
+        self.model_key, self.disk = model_key, disk
+
+    def get_or_compute(
+        self, kind: str, key_parts: Sequence[Any], compute: Callable[[], T], codec: Codec[T] | None = None
+    ) -> T:
+        started = time.perf_counter()
+        key = content_key(kind, self.model_key, *key_parts)
+        memory_key = (kind, key)
+        outcome = "memory"
+        if memory_key not in _results:
+            if kind == SMOOTHING_KIND:
+                for old in [k for k in _results if k[0] == SMOOTHING_KIND]:
+                    del _results[old]
+            disk = self.disk if codec is not None else None
+            value = _read_disk(disk, kind, key, codec) if disk is not None else None
+            outcome = "disk"
+            if value is None:
+                outcome = "computed"
+                value = compute()
+                if disk is not None:
+                    disk.write(kind, key, lambda directory: codec.write(value, directory))
+            _results[memory_key] = value
+        _record(kind, outcome, key, started)
+        return _results[memory_key]
 
 
-def _read_disk_stats(disk: DiskCache, key: str, device: Any) -> dict[str, InputStats] | None:
-    if not disk.has("observation", key):
+def _read_disk(disk: DiskCache, kind: str, key: str, codec: Codec[T]) -> T | None:
+    if not disk.has(kind, key):
         return None
     try:
-        return read_stats(disk.entry("observation", key), device)
+        return codec.read(disk.entry(kind, key))
     except Exception as exc:  # an unreadable entry is recomputed, never fatal
-        log.warning("observation cache entry %s unreadable (%s); observing again", key, exc)
-        disk.discard("observation", key)
+        log.warning("%s cache entry %s unreadable (%s); computing again", kind, key, exc)
+        disk.discard(kind, key)
         return None
-
-
-def smoothed_model(
-    loaded: LoadedModel, batches: Sequence[Batch], cfg: QuantConfig, disk: DiskCache | None = None
-) -> tuple[LoadedModel, Smoothing]:
-    """The float model after ``cfg``'s anti-outlier method, and its :class:`Smoothing`.
-
-    Shared by every recipe with the same :func:`~quant.pipeline.smoothing_settings` (they differ
-    only in act_method and the float-layer choices): the anti-outlier method, its search if it
-    has one, and the range_param observation run once. Only the latest smoothed model is kept
-    (a grid iterates its first axis, anti_method, outermost), so memory holds one more model.
-    Callers quantize a :func:`private_copy` of the model with a copy of the smoothing.
-    """
-    started = time.perf_counter()
-    device = next(loaded.model.parameters()).device
-    anti_batches = anti_outlier_batches(loaded.tokenizer, cfg, device, batches)
-    settings = smoothing_settings(cfg)
-    key = content_key("smoothing", loaded.fingerprint, batches_digest(batches), batches_digest(anti_batches), settings)
-    outcome = "memory"
-    if key not in _smoothed:
-        outcome = "computed"
-        _smoothed.clear()
-        method, _ = anti_outlier_choice(cfg)
-        anti_stats = float_observation(loaded, anti_batches, cfg, disk) if needs_statistics(method) else None
-        # "none" transforms nothing (it only observes), so it may run on the shared float model itself.
-        target = loaded if method == "none" else private_copy(loaded)
-        _smoothed[key] = (target, smooth(target.model, batches, cfg, anti_stats, anti_batches))
-    _record("smoothing", outcome, key, started)
-    target, smoothing = _smoothed[key]
-    return target, copy.deepcopy(smoothing)
 
 
 def memoized(kind: str, key: tuple, compute: Callable[[], T]) -> T:

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from eval.token_scores import FloatReference, TokenBlocks, token_blocks
 from quant.config import QuantConfig
+from quant.memo import MemoryMemo
 from quant.model_io import LoadedModel, load_model
-from quant.pipeline import QuantResult, Smoothing, calibration_batches, quantize, smooth, smoothing_settings
+from quant.pipeline import QuantResult, quantize, smoothed_model
+from quant.smoothing import Smoothing
 from sweep.compose import CONF_DIR
 from sweep.hydra_config import quant_config_from_hydra
 
@@ -36,14 +36,14 @@ class Setting:
 
 @dataclass
 class Workbench:
-    """The float model, its calibration batches and its reference scores on the token set."""
+    """The float model, its reference scores on the token set, and the memo that shares the
+    calibration data, float statistics and one smoothing per anti-outlier setting between recipes."""
 
     cfg: DictConfig
     loaded: LoadedModel
-    batches: list[Any]
     blocks: TokenBlocks
     reference: FloatReference
-    _smoothed: dict[str, tuple[nn.Module, Smoothing]] = field(default_factory=dict)
+    memo: MemoryMemo = field(default_factory=MemoryMemo)
 
     @classmethod
     def open(cls, cfg: DictConfig) -> Workbench:
@@ -56,14 +56,12 @@ class Workbench:
             tokenizer_args=qcfg.tokenizer_args,
             allow_pickle=bool(cfg.model.get("allow_pickle", False)),
         )
-        device = next(loaded.model.parameters()).device
-        batches = calibration_batches(loaded.tokenizer, qcfg, device)
         tokens = cfg.tokens
         blocks = token_blocks(
             loaded.tokenizer, str(tokens.data_path), block_size=int(tokens.block_size), n_blocks=int(tokens.n_blocks)
         )
         reference = FloatReference(loaded.model, blocks, batch_size=int(tokens.get("batch_size", 8)))
-        return cls(cfg, loaded, batches, blocks, reference)
+        return cls(cfg, loaded, blocks, reference)
 
     def recipe(self, setting: Setting, float_linears: Sequence[str]) -> QuantConfig:
         """The recipe of ``setting`` with exactly ``float_linears`` float (and lm_head, by disable_last_linear)."""
@@ -75,15 +73,9 @@ class Workbench:
         return dataclasses.replace(qcfg, disable_names=list(float_linears))
 
     def smoothed(self, qcfg: QuantConfig) -> tuple[nn.Module, Smoothing]:
-        """The float model after the recipe's anti-outlier step (computed once per smoothing setting)."""
-        key = json.dumps(smoothing_settings(qcfg), sort_keys=True, default=str)
-        if key not in self._smoothed:
-            model = copy.deepcopy(self.loaded.model)
-            self._smoothed[key] = (model, smooth(model, self.batches, qcfg))
-        return self._smoothed[key]
+        """A copy of the float model after the recipe's anti-outlier step (computed once per setting)."""
+        return smoothed_model(self.loaded.model, self.loaded.tokenizer, qcfg, self.memo)
 
     def quantized(self, qcfg: QuantConfig) -> QuantResult:
-        """A fresh copy of the smoothed model quantized by ``qcfg`` (fake-quant modules in place)."""
-        smoothed_model, smoothing = self.smoothed(qcfg)
-        model = copy.deepcopy(smoothed_model)
-        return quantize(model, self.loaded.tokenizer, qcfg, calib_batches=self.batches, smoothing=smoothing)
+        """The float model quantized by ``qcfg`` (a copy; fake-quant modules in place)."""
+        return quantize(self.loaded.model, self.loaded.tokenizer, qcfg, self.memo)

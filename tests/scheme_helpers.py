@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from quant.calib import calibration_batches
 from quant.config import QuantConfig
-from quant.pipeline import QuantResult, calibration_batches, quantize
+from quant.pipeline import QuantResult, quantize
+from quant.smoothing import Smoothing, needs_float_observation, observe_float_model, smooth
 from tiny_models import build_tiny_llama
 
 CALIB_TEXTS = [
@@ -26,6 +28,12 @@ def quantize_tiny(family: str, tokenizer, num_layers: int = 2, **cfg) -> QuantRe
 def calibration_inputs(tokenizer) -> list[dict[str, torch.Tensor]]:
     """The batches the recipe calibrates on, tokenized the same way."""
     return calibration_batches(tokenizer, QuantConfig(calib_texts=CALIB_TEXTS), "cpu")
+
+
+def smooth_in_place(model, batches, cfg: QuantConfig) -> Smoothing:
+    """The pipeline's float observation and anti-outlier step on ``model`` (anti-outlier data = ``batches``)."""
+    anti_stats = observe_float_model(model, batches, cfg) if needs_float_observation(cfg) else None
+    return smooth(model, batches, batches, cfg, anti_stats)
 
 
 @torch.no_grad()

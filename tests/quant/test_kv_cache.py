@@ -5,11 +5,17 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from scheme_helpers import CALIB_TEXTS, PROBE, calibration_inputs, last_logits_full_and_cached, quantize_tiny
+from scheme_helpers import (
+    CALIB_TEXTS,
+    PROBE,
+    calibration_inputs,
+    last_logits_full_and_cached,
+    quantize_tiny,
+    smooth_in_place,
+)
 
 from quant.config import QuantConfig
 from quant.export import save_quantized
-from quant.pipeline import smooth
 from quant.reload import load_quantized
 from tiny_models import build_tiny_llama
 
@@ -70,7 +76,7 @@ def test_kv_scale_is_amax_over_127_of_the_smoothed_float_model(tiny_tokenizer, f
     batches = calibration_inputs(tiny_tokenizer)
     # Independent: the same float model smoothed by the same method (m1), observed by plain hooks.
     smoothed = build_tiny_llama(family, num_layers=2)
-    smooth(smoothed, batches, QuantConfig(calib_texts=CALIB_TEXTS, anti_method="m1"))
+    smooth_in_place(smoothed, batches, QuantConfig(calib_texts=CALIB_TEXTS, anti_method="m1"))
     amax = _kv_amax(smoothed, batches)
     # What the quantized model itself would give: different, so the test tells the two apart.
     quantized_amax = _kv_amax(quantize_tiny(family, tiny_tokenizer).model, batches)

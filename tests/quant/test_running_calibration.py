@@ -15,6 +15,7 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
+from scheme_helpers import smooth_in_place
 from torch import nn
 
 from quant.arch import get_module, linear_names, set_module
@@ -22,7 +23,7 @@ from quant.calib import tokenize_texts
 from quant.calibrate import calibrate_model, sqnr_rows
 from quant.config import QuantConfig
 from quant.observers import observer_factory
-from quant.pipeline import quantize, smooth
+from quant.pipeline import quantize
 from quant.quantizers import SqnrAccumulator
 from quant.schemes import quantize_linears
 from tiny_models import build_tiny_llama
@@ -67,7 +68,7 @@ class WholeModelFakeQuant(nn.Module):
 
 def _whole_model_pass(cfg: QuantConfig, batches, names) -> dict[str, WholeModelFakeQuant]:
     model = build_tiny_llama("llama2")
-    smooth(model, batches, cfg)
+    smooth_in_place(model, batches, cfg)
     floats = {n: get_module(model, n) for n in names}
     quantize_linears(model, names, cfg)
     make = observer_factory(cfg.act_method, {n: 0.0 for n in names})  # act 3 here: histogram for all
@@ -117,14 +118,14 @@ def test_o_proj_observes_attention_of_fake_quantized_qkv(tiny_tokenizer):
             handle.remove()
 
     model = build_tiny_llama("llama2")
-    smooth(model, batches, cfg)
+    smooth_in_place(model, batches, cfg)
     calibrate_model(model, batches, names, cfg, observer_factory(1), watchers=[watch])
     assert len(seen) == len(batches)
     for ours, theirs in zip(seen, reference):
         assert torch.equal(ours, theirs)
 
     float_model = build_tiny_llama("llama2")
-    smooth(float_model, batches, cfg)
+    smooth_in_place(float_model, batches, cfg)
     float_inputs: list[torch.Tensor] = []
     handle = float_model.model.layers[1].self_attn.o_proj.register_forward_pre_hook(
         lambda _m, a: float_inputs.append(a[0])

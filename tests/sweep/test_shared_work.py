@@ -12,12 +12,14 @@ import torch
 
 from quant.calib import tokenize_texts
 from quant.config import QuantConfig
-from quant.model_io import LoadedModel, load_model, resolve_model_source
-from quant.pipeline import observe_float_model, quantize
+from quant.memo import content_key
+from quant.model_io import load_model, resolve_model_source
+from quant.observe import InputStatsCodec
+from quant.pipeline import quantize
+from quant.smoothing import observe_float_model
 from sweep import shared_work
-from sweep.disk_cache import DiskCache, content_key
+from sweep.disk_cache import DiskCache
 from sweep.float_model_cache import read_float_model, write_float_model
-from sweep.observation_cache import read_stats, write_stats
 from tiny_data import write_calib_file
 from tiny_models import build_tiny_llama
 
@@ -26,7 +28,7 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.", "Question: is the sky b
 
 @pytest.fixture(autouse=True)
 def _fresh_process_caches():
-    caches = (shared_work._models, shared_work._results, shared_work._smoothed)
+    caches = (shared_work._models, shared_work._results)
     for cache in caches:
         cache.clear()
     shared_work.reset_events()
@@ -148,15 +150,24 @@ def _batches(tokenizer, texts=TEXTS):
     return tokenize_texts(tokenizer, texts)
 
 
+def _kinds(kind: str | None = None) -> list[tuple[str, str]]:
+    return [(e.kind, e.outcome) for e in shared_work.events() if kind in (None, e.kind)]
+
+
+def _assert_same_weights(ref: torch.nn.Module, got: torch.nn.Module, label: object) -> None:
+    a, b = ref.state_dict(), got.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), label
+
+
 def test_observation_entry_round_trips_every_statistic(tmp_path, tiny_model, tiny_tokenizer):
     cfg = QuantConfig(calib_texts=TEXTS, anti_method="m1")
     stats = observe_float_model(tiny_model, _batches(tiny_tokenizer), cfg)
-    write_stats(tmp_path, stats)
-    again = read_stats(tmp_path)
+    InputStatsCodec().write(stats, tmp_path)
+    again = InputStatsCodec().read(tmp_path)
     assert again.keys() == stats.keys()
     for name, s in stats.items():
         g = again[name]
-        for field in ("amax", "cmax", "cmin"):
+        for field in ("amax", "cmax", "cmin", "outlier_sigmas"):
             assert torch.equal(getattr(s, field), getattr(g, field))
         assert (g.batch_max, g.batch_min, g.batch_centered_std, g.tokens) == (
             s.batch_max,
@@ -171,59 +182,43 @@ def test_observation_entry_round_trips_every_statistic(tmp_path, tiny_model, tin
 def test_recipe_from_cached_statistics_is_bit_identical(tmp_path, tiny_tokenizer):
     model = build_tiny_llama("llama2")
     disk = DiskCache(tmp_path)
-    loaded = LoadedModel(model, tiny_tokenizer, "tiny", torch.float32, "fp-tiny")
-    batches = _batches(tiny_tokenizer)
     for level in ("L0", "L2"):
         cfg = QuantConfig(calib_texts=TEXTS, anti_method="m1", disable_level=level)
         fresh = quantize(copy.deepcopy(model), tiny_tokenizer, cfg)
-        shared_work._results.clear()  # force the disk path
-        stats = shared_work.float_observation(loaded, batches, cfg, disk)
-        cached = quantize(copy.deepcopy(model), tiny_tokenizer, cfg, calib_batches=batches, anti_stats=stats)
-        ref, got = fresh.model.state_dict(), cached.model.state_dict()
-        assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
-    assert [e.outcome for e in shared_work.events()] == ["computed", "disk"]
+        shared_work._results.clear()  # a new process: only the disk cache remains
+        cached = quantize(model, tiny_tokenizer, cfg, shared_work.SweepMemo("fp-tiny", disk))
+        _assert_same_weights(fresh.model, cached.model, level)
+    assert _kinds("observation") == [("observation", "computed"), ("observation", "disk")]
 
 
-def test_observation_key_follows_the_inputs_and_callers_get_private_copies(tiny_tokenizer):
+def test_observation_key_follows_the_inputs(tiny_tokenizer):
     model = build_tiny_llama("llama2")
-    loaded = LoadedModel(model, tiny_tokenizer, "tiny", torch.float32, "fp-tiny")
-    cfg = QuantConfig(calib_texts=TEXTS, anti_method="m1")
-    first = shared_work.float_observation(loaded, _batches(tiny_tokenizer), cfg)
-    first["model.layers.0.self_attn.q_proj"].amax.mul_(0)  # a method scribbling on its statistics
-    second = shared_work.float_observation(loaded, _batches(tiny_tokenizer), cfg)
-    assert second["model.layers.0.self_attn.q_proj"].amax.abs().sum() > 0
-    shared_work.float_observation(loaded, _batches(tiny_tokenizer, TEXTS[:2]), cfg)
-    head = QuantConfig(calib_texts=TEXTS, anti_method="m1", disable_last_linear=False)
-    with_head = shared_work.float_observation(loaded, _batches(tiny_tokenizer), head)
-    assert "lm_head" in with_head and "lm_head" not in second
-    outcomes = [(e.outcome, e.key) for e in shared_work.events()]
-    assert [o for o, _ in outcomes] == ["computed", "memory", "computed", "computed"]
-    assert len({k for _, k in outcomes}) == 3
+    memo = shared_work.SweepMemo("fp-tiny")
+    for texts, head in ((TEXTS, False), (TEXTS, False), (TEXTS[:2], False), (TEXTS, True)):
+        cfg = QuantConfig(calib_texts=texts, anti_method="m1", disable_last_linear=not head)
+        quantize(model, tiny_tokenizer, cfg, memo)
+    observations = [e for e in shared_work.events() if e.kind == "observation"]
+    assert [e.outcome for e in observations] == ["computed", "computed", "computed"]  # the 2nd: a smoothing hit
+    assert len({e.key for e in observations}) == 3
 
 
 def test_smoothed_model_is_shared_by_levels_and_reproduces_the_recipe(tiny_tokenizer):
     model = build_tiny_llama("llama2")
-    loaded = LoadedModel(model, tiny_tokenizer, "tiny", torch.float32, "fp-tiny")
-    batches = _batches(tiny_tokenizer)
+    memo = shared_work.SweepMemo("fp-tiny")
     for anti in ("m1", "none"):
         for level in ("L0", "L2"):
             cfg = QuantConfig(calib_texts=TEXTS, anti_method=anti, disable_level=level)
-            smoothed, smoothing = shared_work.smoothed_model(loaded, batches, cfg)
-            assert (smoothed is loaded) == (anti == "none")  # "none" transforms nothing: no copy
-            job_model = shared_work.private_copy(smoothed).model
-            reused = quantize(job_model, tiny_tokenizer, cfg, calib_batches=batches, smoothing=smoothing)
+            reused = quantize(model, tiny_tokenizer, cfg, memo)
             fresh = quantize(copy.deepcopy(model), tiny_tokenizer, cfg)
-            ref, got = fresh.model.state_dict(), reused.model.state_dict()
-            assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), (anti, level)
-    kinds = [(e.kind, e.outcome) for e in shared_work.events()]
-    assert kinds == [
+            _assert_same_weights(fresh.model, reused.model, (anti, level))
+    assert [k for k in _kinds() if k[0] != "calib_data"] == [
         ("observation", "computed"),
         ("smoothing", "computed"),
         ("smoothing", "memory"),
         ("smoothing", "computed"),  # only the latest smoothing is kept
         ("smoothing", "memory"),
     ]
-    assert len(shared_work._smoothed) == 1
+    assert len([k for k in shared_work._results if k[0] == "smoothing"]) == 1
     # The float model itself was never transformed.
     pristine = build_tiny_llama("llama2").state_dict()
     assert all(torch.equal(t, pristine[k]) for k, t in model.state_dict().items())
@@ -232,17 +227,14 @@ def test_smoothed_model_is_shared_by_levels_and_reproduces_the_recipe(tiny_token
 def test_smoothing_on_separate_anti_outlier_data_reproduces_the_recipe(tmp_path, tiny_tokenizer):
     anti_file = write_calib_file(tmp_path / "anti.jsonl")  # .jsonl: groups of 4 texts, no special tokens
     model = build_tiny_llama("llama2")
-    loaded = LoadedModel(model, tiny_tokenizer, "tiny", torch.float32, "fp-tiny")
-    batches = _batches(tiny_tokenizer)
+    memo = shared_work.SweepMemo("fp-tiny")
     for level in ("L0", "L1"):
         cfg = QuantConfig(calib_texts=TEXTS, anti_method="m1", anti_calib_file=str(anti_file), disable_level=level)
-        smoothed, smoothing = shared_work.smoothed_model(loaded, batches, cfg)
-        job_model = shared_work.private_copy(smoothed).model
-        reused = quantize(job_model, tiny_tokenizer, cfg, calib_batches=batches, smoothing=smoothing)
+        reused = quantize(model, tiny_tokenizer, cfg, memo)
         fresh = quantize(copy.deepcopy(model), tiny_tokenizer, cfg)
-        ref, got = fresh.model.state_dict(), reused.model.state_dict()
-        assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), level
+        _assert_same_weights(fresh.model, reused.model, level)
     # The observation was made on the anti-outlier data, not on the calibration batches.
-    plain = shared_work.float_observation(loaded, batches, QuantConfig(calib_texts=TEXTS, anti_method="m1"))
-    first = next(e for e in shared_work.events() if e.kind == "observation")
-    assert shared_work.events()[-1].key != first.key and plain
+    quantize(model, tiny_tokenizer, QuantConfig(calib_texts=TEXTS, anti_method="m1"), memo)
+    observations = [e for e in shared_work.events() if e.kind == "observation"]
+    assert [e.outcome for e in observations] == ["computed", "computed"]
+    assert observations[0].key != observations[1].key
