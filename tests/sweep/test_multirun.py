@@ -108,7 +108,8 @@ def test_shared_work_is_paid_once_and_cache_hits_are_logged(sweep8):
     # One observation pass of the float model, made by the first smoothing that needed it.
     assert [r.data.tags.get("cache.observation") for r in finished] == [None] * 4 + ["computed", None, None]
     for run in finished:
-        kinds = ("float_model", "baseline", "smoothing", "observation")
+        kinds = {tag.split(".")[1] for tag in run.data.tags if tag.startswith("cache.") and tag.count(".") == 1}
+        assert {"float_model", "baseline", "calib_data", "smoothing"} <= kinds
         hits = [k for k in kinds if run.data.tags.get(f"cache.{k}") in ("memory", "disk")]
         assert run.data.metrics["cache_hits"] == len(hits)
     # The observation is on disk under its content key, for the next process.
