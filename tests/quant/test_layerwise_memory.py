@@ -87,10 +87,12 @@ def test_48_layers_peak_within_embeddings_head_two_layers_and_activations(tmp_pa
     records = sum(t.numel() * t.element_size() for t in kept)
     budget = embed + head + 2 * layer + activations + records
 
-    with PeakTensorBytes() as in_memory:
-        loaded = load_model(str(tmp_path / "ckpt"))
+    loaded = load_model(ckpt)
+    with PeakTensorBytes() as in_memory:  # the in-memory path (its loaded weights are not counted)
         quantize(loaded.model, loaded.tokenizer, cfg)
-    print(f"budget {budget}, layer-wise peak {layerwise.peak}, in-memory peak {in_memory.peak}, layer {layer}")
-    assert layerwise.peak <= budget
-    assert in_memory.peak > LAYERS * layer  # the same measurement sees the whole model where it is held
+    print(f"budget {budget} B, layer-wise peak {layerwise.peak} B, in-memory peak {in_memory.peak} B")
+    assert layerwise.peak <= budget, f"peak {layerwise.peak} B over the budget {budget} B"
+    # The same measurement sees memory that grows with depth where it does: the in-memory path holds
+    # every layer's quantized weights (int8, a quarter of the float bytes) and more.
+    assert in_memory.peak > LAYERS * layer / 4 > budget
     shutil.rmtree(tmp_path / "ckpt")
