@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,6 +56,16 @@ TARGETS = ("kl", "nll")
 RANKINGS = ("sqnr", "kl")
 KEY_TAG = "tune.key"
 SCORES_ARTIFACT = "scores.json"
+
+
+@dataclass
+class TuneResult:
+    """What a tune did: its exit code, the search's races and winner, its costs and report."""
+
+    code: int
+    outcome: SearchOutcome | None = None
+    costs: Costs | None = None
+    report: str = ""
 
 
 class BudgetExhausted(Exception):
@@ -157,9 +168,9 @@ class TuneJudge:
         run = self.client.create_run(self.parent.tags["experiment_id"], run_name=f"{candidate.key}@{units}", tags=tags)
         verdict = self.verdict_of(scores)
         metrics = {"n_float": candidate.n_float, "mean_score": float(scores.mean()), **verdict.to_metrics()}
-        for key, value in finite_metrics(metrics).items():
-            self.client.log_metric(run.info.run_id, key, value)
-        self.client.set_tag(run.info.run_id, "gate.status", verdict.status)
+        now = int(time.time() * 1000)
+        batch = [Metric(key, value, now, 0) for key, value in finite_metrics(metrics).items()]
+        self.client.log_batch(run.info.run_id, metrics=batch, tags=[RunTag("gate.status", verdict.status)])
         self.client.log_dict(run.info.run_id, {"metric": self.metric, "scores": scores.tolist()}, SCORES_ARTIFACT)
         self.client.set_terminated(run.info.run_id, "FINISHED")
 
@@ -271,8 +282,8 @@ def promote_winner(
     return str(version.version)
 
 
-def tune(cfg: DictConfig) -> int:
-    """Run (or resume) the tune of ``cfg``; returns the exit code."""
+def tune(cfg: DictConfig) -> TuneResult:
+    """Run (or resume) the tune of ``cfg``."""
     settings, rungs = check_config(cfg)
     tracking = cfg.tracking
     experiment_id = setup_experiment(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_root)
@@ -288,7 +299,7 @@ def tune(cfg: DictConfig) -> int:
     except BudgetExhausted:
         client.set_terminated(parent.run_id, "KILLED")
         print(f"budget of {cfg.budget.max_evaluations} new evaluations reached; run the same command again to go on")
-        return EXIT_BUDGET
+        return TuneResult(EXIT_BUDGET, costs=costs)
     except BaseException:
         client.set_terminated(parent.run_id, "FAILED")
         raise
@@ -301,7 +312,7 @@ def tune(cfg: DictConfig) -> int:
     if outcome.winner is None:
         client.set_terminated(parent.run_id, "FINISHED")
         print("\nno candidate meets the target")
-        return EXIT_NO_WINNER
+        return TuneResult(EXIT_NO_WINNER, outcome, costs, table)
     winner = outcome.winner.candidate
     version = promote_winner(client, judge, parent, winner, cfg)
     client.set_tag(parent.run_id, "tune.winner", winner.key)
@@ -309,7 +320,7 @@ def tune(cfg: DictConfig) -> int:
     client.set_terminated(parent.run_id, "FINISHED")
     print(f"\nwinner {winner.key}: {outcome.winner.verdict.line()}")
     print(f"promoted as version {version} of '{cfg.registry.model_name}' alias '{cfg.registry.alias}'")
-    return 0
+    return TuneResult(0, outcome, costs, table)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of conf/tune.yaml")
     args = parser.parse_args(argv)
     try:
-        return tune(compose_tool_config("tune", args.overrides))
+        return tune(compose_tool_config("tune", args.overrides)).code
     except QuantInputError as exc:
         print(f"sweep.tune: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
