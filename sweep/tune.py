@@ -34,7 +34,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from eval.noninferiority import Verdict, paired_scores
+from eval.noninferiority import MIN_BOOTSTRAP_N, Verdict, paired_scores
 from eval.token_scores import score_blocks
 from quant.arch import LM_HEAD
 from quant.errors import QuantInputError, invalid_value
@@ -196,7 +196,11 @@ def check_config(cfg: DictConfig) -> tuple[list[Setting], list[int]]:
     n_blocks = int(cfg.tokens.n_blocks)
     rungs = list(cfg.rungs)
     if not rungs or any(not isinstance(r, int) or r < 1 for r in rungs) or rungs != sorted(set(rungs)):
-        raise invalid_value("rungs", rungs, "increasing block counts, e.g. [4, 8, 16, 32]")
+        raise invalid_value("rungs", rungs, "increasing block counts, e.g. [20, 40, 80, 160]")
+    if rungs[0] < MIN_BOOTSTRAP_N:
+        raise invalid_value(
+            "rungs", rungs, f"a first rung of at least {MIN_BOOTSTRAP_N} blocks (the gate decides nothing below)"
+        )
     if rungs[-1] != n_blocks:
         raise invalid_value("rungs", rungs, f"the last rung must be the full set, tokens.n_blocks = {n_blocks}")
     max_float = cfg.space.max_float

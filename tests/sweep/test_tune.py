@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ from sweep.compose import compose_tool_config
 from sweep.tune import main
 from sweep.tune_search import Candidate, search
 from sweep.workbench import Setting, Workbench
+from sweep_helpers import subprocess_env
 
 RUNGS = [20, 40, 80]
 
@@ -86,9 +91,11 @@ def _client(overrides: list[str]) -> MlflowClient:
     return MlflowClient(next(o.split("=", 1)[1] for o in overrides if o.startswith("tracking.tracking_uri=")))
 
 
-def _evaluations(client: MlflowClient) -> list[tuple[str, int]]:
+def _evaluations(client: MlflowClient, finished_only: bool = False) -> list[tuple[str, int]]:
     experiment = client.get_experiment_by_name("llama-quant")
     runs = client.search_runs([experiment.experiment_id], "tags.`tune.role` = 'evaluation'", max_results=1000)
+    if finished_only:
+        runs = [r for r in runs if r.info.status == "FINISHED"]
     assert all(r.info.status == "FINISHED" for r in runs)
     return [(r.data.tags["tune.candidate"], int(r.data.tags["tune.units"])) for r in runs]
 
@@ -137,12 +144,46 @@ def test_a_stopped_tune_resumes_without_repeating_evaluations(planted, capsys):
     assert len(tunes) == 1 and tunes[0].info.status == "FINISHED"
 
 
+def test_a_killed_tune_resumes_without_repeating_finished_evaluations(planted, capsys):
+    """SIGKILL while the tune runs (after some evaluations are recorded), then the same command."""
+    client = _client(planted)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep.tune", *planted],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            experiment = client.get_experiment_by_name("llama-quant")
+            if experiment is not None and len(_evaluations(client, finished_only=True)) >= 2:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the tune ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = set(_evaluations(client, finished_only=True))
+    assert len(before) >= 2
+    assert main(planted) == 0
+    out = capsys.readouterr().out
+    assert "(resumed)" in out
+    reused = int(next(line for line in out.splitlines() if line.startswith("reused evaluations")).split()[-1])
+    assert reused >= len(before)
+    after = _evaluations(client, finished_only=True)
+    assert before <= set(after) and len(after) == len(set(after))  # nothing finished was evaluated again
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("target.metric=bleu", "target.metric: invalid value 'bleu'; valid values: kl, nll"),
         ("rungs=[20,40]", "rungs: invalid value [20, 40]; valid values: the last rung must be the full set"),
         ("ranking=random", "ranking: invalid value 'random'; valid values: sqnr, kl"),
+        ("rungs=[10,80]", "rungs: invalid value [10, 80]; valid values: a first rung of at least 20 blocks"),
     ],
 )
 def test_bad_input_is_one_line(planted, override, message, capsys):
