@@ -34,6 +34,7 @@ from quant.config import QuantConfig
 from quant.export import LAYER_REPORT_FILE
 from quant.fallback import choose_float_layers
 from quant.memo import NO_MEMO, Memo
+from quant.model_copy import shared_copy
 from quant.observe import InputStats, InputStatsCodec
 from quant.observers import observer_factory
 from quant.progress import float_layers_summary
@@ -128,7 +129,9 @@ def _smoothed(
 
     Without sharing, ``model`` itself is smoothed. With sharing, the smoothed model is a copy
     (the float model itself for "none", which only observes) kept by the memo, and the caller
-    gets its own copy of both.
+    gets its own copy of both. The model copies are :func:`~quant.model_copy.shared_copy`: new
+    modules over the same tensors (no step writes a tensor in place), so a sweep holds one float
+    model plus the tensors smoothing replaced, and each job only the layers it quantizes.
     """
     computed = []
 
@@ -137,7 +140,7 @@ def _smoothed(
         t = time.perf_counter()
         anti_stats = _float_statistics(model, anti_batches, cfg, memo)
         observe_s = time.perf_counter() - t
-        target = copy.deepcopy(model) if memo.shares and transforms_model(cfg) else model
+        target = shared_copy(model) if memo.shares and transforms_model(cfg) else model
         smoothing = smooth(target, batches, anti_batches, cfg, anti_stats)
         smoothing.timings = {"observe_s": observe_s, **smoothing.timings}
         return target, smoothing
@@ -145,7 +148,7 @@ def _smoothed(
     key = [*_model_facts(model), batches_digest(batches), batches_digest(anti_batches), smoothing_settings(cfg)]
     target, smoothing = memo.get_or_compute("smoothing", key, compute)
     if memo.shares:
-        return copy.deepcopy(target), copy.deepcopy(smoothing), bool(computed)
+        return shared_copy(target), copy.deepcopy(smoothing), bool(computed)
     return target, smoothing, bool(computed)
 
 

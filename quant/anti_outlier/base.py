@@ -17,6 +17,7 @@ from torch import nn
 
 from quant.arch import SmoothPair, decoder_layers, kv_head_groups, norm_modules
 from quant.errors import QuantInputError
+from quant.model_copy import replace_tensor
 from quant.observe import InputStats
 
 MIN_SCALE = 1e-5
@@ -158,22 +159,23 @@ def apply_pair_transform(ctx: PairContext, transform: PairTransform) -> torch.Te
     shift = transform.shift
     if shift is not None and ctx.pair.kind != "norm":
         raise ValueError("a shift is only defined for norm → linear pairs")
+    # New tensors, never in-place writes: the model may share its tensors with the sweep's float model.
     with torch.no_grad():
         s = s_prev.to(ctx.prev.weight.device)
         if shift is not None:
             add_norm_bias(ctx.prev)
-            ctx.prev.bias.sub_(shift.to(ctx.prev.bias))
+            replace_tensor(ctx.prev, "bias", ctx.prev.bias - shift.to(ctx.prev.bias))
             for lin in ctx.nexts:
                 _add_to_linear_bias(lin, lin.weight.detach().double() @ shift.double().to(lin.weight.device))
         if ctx.pair.kind == "norm":
-            ctx.prev.weight.div_(s.to(ctx.prev.weight.dtype))
+            replace_tensor(ctx.prev, "weight", ctx.prev.weight / s.to(ctx.prev.weight.dtype))
         else:
-            ctx.prev.weight.div_(s.to(ctx.prev.weight.dtype).unsqueeze(1))  # rows of (out, in)
+            replace_tensor(ctx.prev, "weight", ctx.prev.weight / s.to(ctx.prev.weight.dtype).unsqueeze(1))  # rows
         bias = getattr(ctx.prev, "bias", None)
         if isinstance(bias, torch.Tensor):
-            bias.div_(s.to(bias.dtype))
+            replace_tensor(ctx.prev, "bias", bias / s.to(bias.dtype))
         for lin in ctx.nexts:
-            lin.weight.mul_(s_next.to(lin.weight).unsqueeze(0))  # columns of (out, in)
+            replace_tensor(lin, "weight", lin.weight * s_next.to(lin.weight).unsqueeze(0))  # columns of (out, in)
     return s_prev
 
 
@@ -181,7 +183,7 @@ def _add_to_linear_bias(linear: nn.Linear, delta: torch.Tensor) -> None:
     """``linear.bias += delta``, creating the bias (LLaMA linears have none) when missing."""
     if linear.bias is None:
         linear.bias = nn.Parameter(torch.zeros_like(linear.weight[:, 0]), requires_grad=False)
-    linear.bias.add_(delta.to(linear.bias))
+    replace_tensor(linear, "bias", linear.bias + delta.to(linear.bias))
 
 
 def add_norm_bias(norm: nn.Module, bias: torch.Tensor | None = None) -> None:

@@ -209,6 +209,9 @@ def test_smoothed_model_is_shared_by_levels_and_reproduces_the_recipe(tiny_token
         for level in ("L0", "L2"):
             cfg = QuantConfig(calib_texts=TEXTS, anti_method=anti, disable_level=level)
             reused = quantize(model, tiny_tokenizer, cfg, memo)
+            assert reused.model is not model
+            # one float model: the job's model reads the float embeddings, no copy of them
+            assert reused.model.model.embed_tokens.weight is model.model.embed_tokens.weight
             fresh = quantize(copy.deepcopy(model), tiny_tokenizer, cfg)
             _assert_same_weights(fresh.model, reused.model, (anti, level))
     assert [k for k in _kinds() if k[0] != "calib_data"] == [
