@@ -57,7 +57,7 @@ def hydra_input_error(exc: Exception, valid_keys: Sequence[str] | None = None) -
             match.group(1), f"several values {match.group(2)!r} in a single run; valid: one value, or -m to sweep them"
         )
     cause = f" ({_first_line(exc.__cause__)})" if exc.__cause__ is not None else ""
-    return QuantInputError("overrides", f"{text}{cause}")
+    return QuantInputError(str(key) if key else "overrides", f"{text}{cause}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -58,9 +58,12 @@ def preflight(argv: Sequence[str]) -> None:
 
 def check_job(cfg: DictConfig) -> None:
     """The sweep's inputs (evaluation, data and model files) and the recipe of one composed job."""
-    check_sweep_inputs(cfg)
-    quant_config_from_hydra(cfg)
-    log_weights_policy(cfg, multirun=False)
+    try:
+        check_sweep_inputs(cfg)
+        quant_config_from_hydra(cfg)
+        log_weights_policy(cfg, multirun=False)
+    except OmegaConfBaseException as exc:  # a value that does not resolve (missing, bad interpolation)
+        raise hydra_input_error(exc) from None
 
 
 def representative_jobs(config_name: str, overrides: list[str]) -> Iterator[list[str]]:

@@ -1,10 +1,13 @@
 """Bad input to ``python -m sweep``: one line naming the key (and the file), exit 2, in under 5 s,
-before any model loads, and nothing written: no MLflow store, no output or sweep directory, no cache."""
+before any model loads, and nothing written: no MLflow store, no output or sweep directory, no cache.
+
+The 5 s are CPU seconds of the process (user + system): on a shared machine its wall time grows with
+the other processes' load, not with what it does (about a second of wall time on an idle machine)."""
 
 from __future__ import annotations
 
+import resource
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +62,8 @@ CASES = [
     (["foo=1"], "foo: not a config key", "valid keys here: model, calib, scheme"),
     (["scheme=w3a3"], "scheme: no config 'w3a3'", "valid values: w4a16, w4a8_dynamic, w8a16, w8a8"),
     (["act_method=7"], "act_method: invalid value 7", "valid values: 1, 2, 3"),
+    (["eval.boolq.limit=${{nope}}"], "eval.boolq.limit: Interpolation key 'nope' not found", "nope"),
+    (["model.path=???"], "model.path: Missing mandatory value", "model.path"),
     (["anti_method=none,m1"], "anti_method: several values 'none,m1' in a single run", "-m to sweep"),
     (["-m", "scheme=w3a3,w8a8"], "scheme: no config 'w3a3'", "valid values: w4a16"),
     (["-m", "foo=1,2"], "foo: not a config key", "valid keys here"),
@@ -72,15 +77,16 @@ def test_bad_sweep_input_is_one_line_exit_2_nothing_written(bad_files, tmp_path,
     outputs = inputs.elsewhere(tmp_path / "out")
     flags = [o for o in overrides if o == "-m"]  # Hydra's flags come before the overrides
     args = [*flags, *outputs.sweep_args(), *(o.format(bad=bad) for o in overrides if o != "-m")]
-    t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = run_module("sweep", args, cwd=outputs.root, timeout=120)
-    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(lines) == 1 and not proc.stdout.strip(), proc.stdout + proc.stderr
     assert lines[0].startswith("sweep: error: " + start.format(bad=bad)), lines[0]
     assert contains in lines[0]
-    assert seconds < MAX_SECONDS, f"{seconds:.1f} s"
+    assert seconds < MAX_SECONDS, f"{seconds:.1f} CPU s"
     assert list(outputs.root.iterdir()) == [], "something was written"
 
 
