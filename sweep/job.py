@@ -32,6 +32,7 @@ from quant.report_plot import plot_layer_sqnr
 from quant.runner import check_inputs, save_result
 from sweep import shared_work
 from sweep.disk_cache import DiskCache
+from sweep.logged_model import record_job_model
 from sweep.plots import layer_range_figure
 from sweep.tracking import finite_metrics, flatten, setup_experiment, sha256_file, tracked_run
 
@@ -232,6 +233,12 @@ def run_job(
             mlflow.log_dict(baseline.boolq.to_dict(), FLOAT_BOOLQ_RESULT_ARTIFACT)
 
         _log_outputs(saved.directory, saved.weight_files, log_weights)
+        data = {"calib": qcfg.calib_file, "anti_calib": qcfg.anti_calib_file, "boolq": _boolq_args(cfg)["data_path"]}
+        data["wikitext2"] = (ppl_args or {}).get("path")
+        params = {"config_hash": tags.get("config_hash", ""), "quant_type": result.quant_type}
+        model_id = record_job_model(
+            run.info.run_id, experiment_id, run_name, saved.directory, log_weights, data, params
+        )
         mlflow.log_figure(layer_range_figure(result.layer_report()), "plots/layer_range_param.png")
         _log_sqnr_plot(result.layer_report(), saved.directory)
         _log_cache_events(metrics)
@@ -239,7 +246,7 @@ def run_job(
         metrics["peak_rss_bytes"] = float(progress.peak_rss_bytes())  # of the process so far (all its jobs)
         log.info("%s", progress.peak_memory_line())
         mlflow.set_tags({f"boolq.{k}": str(quant_eval.config.get(k)) for k in _LOGGED_BOOLQ_CONFIG})
-        mlflow.log_metrics(finite_metrics(metrics))
+        mlflow.log_metrics(finite_metrics(metrics), model_id=model_id)  # linked to the LoggedModel too
         mlflow.set_tag("quant_type", result.quant_type)
         return JobOutcome(run.info.run_id, result.quant_type, metrics, str(saved.directory))
 

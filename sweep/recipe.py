@@ -151,6 +151,11 @@ def _check_file(what: str, path: str | None, recorded_sha256: str | None, recipe
         raise QuantInputError("recipe", f"the {what} {path} changed since run {recipe.run_id[:8]} (sha256 differs)")
 
 
+def recipe_data_files(recipe: Recipe) -> dict[str, str | None]:
+    """The recipe's calibration files, by the contexts ``sweep.logged_model`` logs them under."""
+    return {"calib": recipe.cfg.calib.get("calib_file"), "anti_calib": recipe.cfg.calib.get("anti_calib_file")}
+
+
 def input_digests(recipe: Recipe) -> dict[str, str]:
     """The content keys of what a rebuild reads: model fingerprint, BoolQ and calibration files."""
     cfg = recipe.cfg

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from quant.errors import QuantInputError
 from sweep.job import WEIGHTS_ARTIFACT_DIR
+from sweep.logged_model import logged_model_of
 from sweep.run_records import RunRecord
 from sweep.tracking import sha256_file
 
@@ -59,6 +60,24 @@ def ensure_weights_logged(client: MlflowClient, record: RunRecord) -> str:
     return WEIGHTS_ARTIFACT_DIR
 
 
+def version_source(client: MlflowClient, record: RunRecord, artifact_path: str) -> str:
+    """``models:/<id>`` of the run's LoggedModel once it holds every weight file (copied there from
+    the verified ``save_directory`` if needed); else the run's ``artifact_path``."""
+    model_id = logged_model_of(client, record.tags)
+    if model_id is None:
+        return f"runs:/{record.run_id}/{artifact_path}"
+    hashes = weight_hashes(record)
+    held = {Path(a.path).name for a in client.list_logged_model_artifacts(model_id)}
+    directory = Path(record.tags.get("save_directory", ""))
+    verified = directory.is_dir() and all(
+        (directory / n).is_file() and sha256_file(directory / n) == h for n, h in hashes.items()
+    )
+    if not set(hashes) <= held and verified:
+        client.log_model_artifacts(model_id, str(directory))
+        held |= set(hashes)
+    return f"models:/{model_id}" if set(hashes) <= held else f"runs:/{record.run_id}/{artifact_path}"
+
+
 def promote(client: MlflowClient, record: RunRecord, model_name: str, alias: str) -> tuple[ModelVersion, bool]:
     """Register the run's weights as a version of ``model_name`` (once per run) and point ``alias`` at it.
 
@@ -75,7 +94,7 @@ def promote(client: MlflowClient, record: RunRecord, model_name: str, alias: str
     if version is None:
         version = client.create_model_version(
             model_name,
-            source=f"runs:/{record.run_id}/{artifact_path}",
+            source=version_source(client, record, artifact_path),
             run_id=record.run_id,
             tags={
                 "config_hash": record.config_hash,

@@ -24,7 +24,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,9 @@ from omegaconf import DictConfig
 
 from eval.boolq import BoolQResult, evaluate_boolq, load_boolq_result
 from eval.compare import BoolQComparison, compare_boolq
-from eval.noninferiority import FAIL, PASS, Verdict, paired_counts
+from eval.noninferiority import FAIL, PASS, Verdict, paired_counts, paired_scores
 from eval.tensor_diff import TensorDiff, diff_saved
-from quant.errors import QuantInputError
+from quant.errors import QuantInputError, invalid_value
 from quant.reload import load_quantized
 from sweep.compose import compose_tool_config
 from sweep.recipe import (
@@ -46,6 +46,7 @@ from sweep.recipe import (
     input_digests,
     load_recipe,
     rebuild,
+    recipe_data_files,
     recorded_weights,
     run_result,
 )
@@ -61,6 +62,7 @@ EXIT_BAD_INPUT = 2
 EXIT_UNDECIDED = 3
 _EXIT_CODES = {PASS: EXIT_PASS, FAIL: EXIT_REGRESSION}
 _HEADLINES = {PASS: "PASS", FAIL: "REGRESSION"}
+METRICS = ("boolq_acc", "boolq_gold_ll")  # what the gate judges (conf/regress.yaml `metric`)
 
 
 @dataclass
@@ -89,6 +91,8 @@ class Check:
     bytes_identical: bool | None = None  # weight files equal by sha256 (recipe mode)
     tensor_diff: TensorDiff | None = None  # None: identical bytes, or the reference's files are gone
     digests: dict[str, str] | None = None  # content keys of the model and data (recipe mode)
+    data_files: dict[str, str | None] = field(default_factory=dict)  # {context: path} logged as inputs
+    metric: str = "boolq_acc"  # what the verdict judged
 
     @property
     def exit_code(self) -> int:
@@ -142,14 +146,28 @@ def evaluate_like(model_location: str, reference: BoolQResult, device: str) -> B
     )
 
 
+def gold_log_likelihoods(result: BoolQResult, order: Sequence[int]) -> list[float]:
+    """Per example (in ``order`` of row indices): lm-eval's log-likelihood of the gold answer."""
+    rows = {row.index: row for row in result.per_example}
+    return [rows[i].ll_yes if rows[i].gold == 1 else rows[i].ll_no for i in order]
+
+
 def gate(reference: BoolQResult, candidate: BoolQResult, cfg: DictConfig) -> tuple[BoolQComparison, Verdict]:
-    """Compare the two results row by row and gate the accuracy drop (paired, same rows)."""
+    """Compare the two results row by row and gate the drop of ``cfg.metric`` (paired, same rows):
+    ``boolq_acc`` by the paired-proportions bound, ``boolq_gold_ll`` (nats) by the paired bootstrap."""
+    metric = cfg.get("metric", "boolq_acc")
+    if metric not in METRICS:
+        raise invalid_value("metric", metric, METRICS)
     try:
         comparison = compare_boolq(reference, candidate)
     except ValueError as exc:
         raise QuantInputError("against", f"baseline and candidate cannot be compared: {exc}") from None
-    c = comparison
-    return c, paired_counts(c.n_reference_only, c.n_candidate_only, c.n, float(cfg.margin), float(cfg.alpha))
+    c, margin, alpha = comparison, float(cfg.margin), float(cfg.alpha)
+    if metric == "boolq_acc":
+        return c, paired_counts(c.n_reference_only, c.n_candidate_only, c.n, margin, alpha)
+    order = [row.index for row in reference.per_example]
+    scores = gold_log_likelihoods(reference, order), gold_log_likelihoods(candidate, order)
+    return c, paired_scores(*scores, margin=margin, alpha=alpha, higher_is_better=True)
 
 
 def check_recipe(client: MlflowClient, recipe: Recipe, cfg: DictConfig, device: str, scratch: Path) -> Check:
@@ -182,6 +200,8 @@ def check_recipe(client: MlflowClient, recipe: Recipe, cfg: DictConfig, device: 
         identical,
         tensor_diff,
         digests,
+        {**recipe_data_files(recipe), "boolq": recipe.result.config.get("data_path")},
+        str(cfg.metric),
     )
 
 
@@ -208,7 +228,21 @@ def check_candidate(
         mode, key, name = "model", str(model), Path(str(model)).name
     comparison, verdict = gate(baseline.result, candidate.result, cfg)
     model_name = str(cfg.registry.model_name) if version is not None else None
-    return Check(mode, key, name, baseline, candidate, comparison, verdict, baseline_run, model_name, version)
+    data = {"boolq": baseline.result.config.get("data_path")}
+    return Check(
+        mode,
+        key,
+        name,
+        baseline,
+        candidate,
+        comparison,
+        verdict,
+        baseline_run,
+        model_name,
+        version,
+        data_files=data,
+        metric=str(cfg.metric),
+    )
 
 
 def report(check: Check) -> str:
@@ -230,7 +264,7 @@ def report(check: Check) -> str:
     elif check.bytes_identical is False:
         lines.append("  the recorded weights are gone: no per-tensor comparison")
     headline = _HEADLINES.get(check.verdict.status, "CANNOT DECIDE")
-    lines.append(f"{headline}: {check.verdict.line()}")
+    lines.append(f"{headline} ({check.metric}): {check.verdict.line()}")
     return "\n".join(lines)
 
 

@@ -22,12 +22,16 @@ HARNESS_VERSION_TAG = "version.llama-quant-harness"
 _COLOURS = {"pass": "tab:green", "fail": "tab:red", "undecided": "tab:orange"}
 
 
-def by_recipe(records: Iterable[CheckRecord]) -> dict[str, list[CheckRecord]]:
-    """Checks grouped by recipe (content key), each group oldest first; groups in order of first check."""
+def by_recipe(records: Iterable[CheckRecord]) -> dict[tuple[str, str], list[CheckRecord]]:
+    """Checks grouped by (recipe content key, gated metric), each group oldest first; groups in
+    order of their first check."""
     ordered = sorted(records, key=lambda r: (r.start_time, r.run_id))
-    first_seen = {r.recipe: i for i, r in reversed(list(enumerate(ordered)))}
-    grouped = groupby(sorted(ordered, key=lambda r: (first_seen[r.recipe], r.start_time)), key=lambda r: r.recipe)
-    return {recipe: list(checks) for recipe, checks in grouped}
+    first_seen = {(r.recipe, r.gated_metric): i for i, r in reversed(list(enumerate(ordered)))}
+    grouped = groupby(
+        sorted(ordered, key=lambda r: (first_seen[r.recipe, r.gated_metric], r.start_time)),
+        key=lambda r: (r.recipe, r.gated_metric),
+    )
+    return {key: list(checks) for key, checks in grouped}
 
 
 def check_date(record: CheckRecord) -> str:
@@ -49,8 +53,9 @@ def history_table(records: Iterable[CheckRecord]) -> str:
     """Per recipe, one line per check: date, commit, versions, accuracies, drop with its bounds,
     weights, verdict; ``<- REGRESSION`` marks a failed check."""
     blocks = []
-    for recipe, checks in by_recipe(records).items():
-        header = f"recipe {checks[-1].recipe_name or recipe} (content key {recipe}), {len(checks)} checks"
+    for (recipe, metric), checks in by_recipe(records).items():
+        name = checks[-1].recipe_name or recipe
+        header = f"recipe {name} (content key {recipe}), gate on {metric}, {len(checks)} checks"
         columns = ["date (UTC)", "commit", *(name for name, _ in VERSION_COLUMNS), "harness", "n"]
         columns += ["candidate", "baseline", "drop", "bounds", "margin", "weights", "verdict"]
         rows = [columns]
@@ -90,11 +95,11 @@ def _weights(check: CheckRecord) -> str:
 
 
 def history_figure(records: Iterable[CheckRecord]) -> Figure:
-    """One panel per recipe: the accuracy drop vs the baseline of each check (point) with its
+    """One panel per recipe and metric: the drop vs the baseline of each check (point) with its
     one-sided (1 − α) bounds (bar), the margin (dashed), regressions marked; x = commit and date."""
     groups = by_recipe(records)
     fig, axes = plt.subplots(max(len(groups), 1), 1, figsize=(9, 3.2 * max(len(groups), 1)), squeeze=False)
-    for ax, (recipe, checks) in zip(axes[:, 0], groups.items()):
+    for ax, ((recipe, metric), checks) in zip(axes[:, 0], groups.items()):
         xs = list(range(len(checks)))
         for x, check in zip(xs, checks):
             drop = check.metric("gate_drop")
@@ -113,8 +118,9 @@ def history_figure(records: Iterable[CheckRecord]) -> Figure:
         ax.set_xlim(-0.5, len(checks) - 0.5)
         ax.margins(y=0.25)  # room for the "regression" labels
         ax.set_xticks(xs, [f"{commit_label(c)}\n{check_date(c)}" for c in checks], fontsize=7)
-        ax.set_ylabel("accuracy drop vs baseline")
-        ax.set_title(f"{checks[-1].recipe_name or recipe}: drop with one-sided bounds; dashed: margin", fontsize=9)
+        ax.set_ylabel(f"{metric} drop vs baseline")
+        title = f"{checks[-1].recipe_name or recipe}: {metric} drop with one-sided bounds; dashed: margin"
+        ax.set_title(title, fontsize=9)
         handles = [plt.Line2D([], [], marker="o", color=c, linestyle="", label=v) for v, c in _COLOURS.items()]
         ax.legend(handles=handles, fontsize=7, loc="upper left")
     fig.tight_layout()

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from sweep.logged_model import log_data_inputs, log_model_input, logged_model_of
 from sweep.provenance import git_state, package_versions
 from sweep.tracking import finite_metrics, setup_experiment
 
@@ -48,6 +50,7 @@ def check_tags(check: Check, origin: Mapping[str, str]) -> dict[str, str]:
         "regress.recipe": check.recipe_key,
         "regress.recipe_name": check.recipe_name,
         "regress.verdict": check.verdict.status,
+        "regress.metric": check.metric,
         "regress.baseline": check.reference.label,
         "regress.candidate": check.candidate.label,
         "regress.reference_run": check.reference_run_id or "",
@@ -114,6 +117,7 @@ def record_check(
         if check.tensor_diff is not None:
             client.log_dict(run_id, check.tensor_diff.to_dict(), TENSOR_DIFF_ARTIFACT)
         client.log_dict(run_id, check.candidate.result.to_dict(), CANDIDATE_RESULT_ARTIFACT)
+        _log_inputs(client, run_id, check)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -130,6 +134,19 @@ def record_history(client: MlflowClient, experiment_id: str, table: str, figure:
     return run.info.run_id
 
 
+def _log_inputs(client: MlflowClient, run_id: str, check: Check) -> None:
+    """The data the check read, and the checked run's LoggedModel, as the run's inputs (MLflow 3)."""
+    log_data_inputs(client, run_id, check.data_files)
+    if check.reference_run_id:
+        try:
+            model_id = logged_model_of(client, client.get_run(check.reference_run_id).data.tags)
+        except MlflowException:  # the checked run was deleted since: nothing to link
+            model_id = None
+        if model_id is not None:
+            log_model_input(client, run_id, model_id)
+            client.set_tag(run_id, "regress.reference_model_id", model_id)
+
+
 @dataclass(frozen=True)
 class CheckRecord:
     """One recorded check, as the history shows it."""
@@ -139,6 +156,7 @@ class CheckRecord:
     recipe: str
     recipe_name: str
     verdict: str
+    gated_metric: str  # what the gate judged (its drop's units)
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -161,6 +179,7 @@ def _record(run: Any) -> CheckRecord:
         tags.get("regress.recipe", ""),
         tags.get("regress.recipe_name", ""),
         tags.get("regress.verdict", ""),
+        tags.get("regress.metric", "boolq_acc"),
         dict(run.data.metrics),
         tags,
     )

@@ -35,7 +35,7 @@ def test_analysis_notebook_executes_on_a_small_experiment(sweep8, tmp_path, monk
     assert len(images) == 4  # Pareto front, grid heat map, sensitivity, regression history
     text = "\n".join(out.get("text", "") for out in outputs)
     assert "8 configs, 7 finished" in text
-    assert "recipe w8a8-m1-act1-L0-boolq50 (content key 0123456789abcdef), 2 checks" in text
+    assert "recipe w8a8-m1-act1-L0-boolq50 (content key 0123456789abcdef), gate on boolq_acc, 2 checks" in text
     assert "bbbbbbbb" in text and "fail  <- REGRESSION" in text
     tables = "\n".join(out.get("data", {}).get("text/plain", "") for out in outputs)
     assert "w8a8-m1-act1-L1-boolq50" in tables  # the failure table names the failed job

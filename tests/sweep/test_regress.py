@@ -52,7 +52,7 @@ def test_constructed_drop_exits_nonzero_with_a_clear_report(constructed):
     assert "delta -0.3000" in out and "baseline-only correct 3, candidate-only correct 0" in out
     last = out.strip().splitlines()[-1]
     assert (
-        last.startswith("REGRESSION: fail: drop +0.3, one-sided 95% bounds [+0.02318,")
+        last.startswith("REGRESSION (boolq_acc): fail: drop +0.3, one-sided 95% bounds [+0.02318,")
         and "(n=10, tango-score)" in last
     )
 
@@ -89,9 +89,9 @@ def test_same_accuracy_cannot_be_decided_on_ten_rows_unless_the_margin_is_wide(c
     report = tmp_path / "verdict.json"
     assert main(["--run", ids["same"][:8], *inputs.tool_args()]) == 3
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("CANNOT DECIDE: undecided: drop +0,") and "examples would" in last
+    assert last.startswith("CANNOT DECIDE (boolq_acc): undecided: drop +0,") and "examples would" in last
     assert main(["--run", ids["same"][:8], "--json", str(report), *inputs.tool_args(), "margin=0.3"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PASS: pass: drop +0,")
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PASS (boolq_acc): pass: drop +0,")
     verdict = json.loads(report.read_text())
     assert verdict["status"] == "pass" and verdict["exit_code"] == 0 and verdict["comparison"]["n_flips"] == 2
     # The 0.3 drop's lower bound (0.023) is below a wide margin: not shown to exceed it.
@@ -128,4 +128,4 @@ def test_champion_model_reloaded_from_its_files_matches_its_logged_result(sweep8
     assert comparison["n"] == 8 and comparison["n_flips"] == 0 and comparison["mean_kl"] == 0.0
     # The same through the registry URI alone.
     assert main(["--model", "models:/llama-quant@champion", *inputs.tool_args(), "margin=0.3"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PASS: pass: drop +0,")
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PASS (boolq_acc): pass: drop +0,")

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
+from quant.errors import QuantInputError
 from sweep.regress import main
 from sweep.regress_record import HISTORY_PLOT_ARTIFACT, HISTORY_TABLE_ARTIFACT, ROLE_TAG, record_check
 from sweep_helpers import artifact_paths, fake_check, fake_origin
@@ -33,7 +35,7 @@ def test_history_orders_checks_and_marks_the_regression(tiny_inputs, tmp_path, c
     assert main(["--history", "--plot", str(png), *tiny_inputs.tool_args()]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0] == "recipe w8a8-m1-act1-L0-boolq50 (content key 0123456789abcdef), 3 checks"
+    assert lines[0] == "recipe w8a8-m1-act1-L0-boolq50 (content key 0123456789abcdef), gate on boolq_acc, 3 checks"
     rows = lines[2:5]
     assert [row.split()[2] for row in rows] == ["aaaaaaaa", "bbbbbbbb", "cccccccc"]
     assert [row.split()[:2] for row in rows] == [
@@ -56,3 +58,23 @@ def test_history_orders_checks_and_marks_the_regression(tiny_inputs, tmp_path, c
 def test_history_without_checks_is_bad_input(tiny_inputs, capsys):
     assert main(["--history", *tiny_inputs.tool_args()]) == 2
     assert "no experiment 'llama-quant-regress'" in capsys.readouterr().err
+
+
+def test_gold_log_likelihood_gate_judges_the_per_example_scores():
+    """The same rows gated on the gold answer's log-likelihood (nats): 30 of 200 answers lose
+    1 nat each (boolq_result_dict's -0.5 -> -1.5), a mean drop of 0.15 > margin 0.05."""
+    from omegaconf import OmegaConf
+
+    from eval.boolq import BoolQResult
+    from sweep.regress import gate
+    from sweep_helpers import boolq_result_dict
+
+    champion = BoolQResult.from_dict(boolq_result_dict(CHAMPION))
+    dropped = BoolQResult.from_dict(boolq_result_dict([True] * 150 + [False] * 50))
+    cfg = OmegaConf.create({"metric": "boolq_gold_ll", "margin": 0.05, "alpha": 0.05})
+    _, verdict = gate(champion, dropped, cfg)
+    assert verdict.status == "fail" and verdict.method == "paired-bootstrap-t" and verdict.drop == 0.15
+    _, same = gate(champion, champion, cfg)
+    assert same.status == "pass" and same.upper_bound == 0.0
+    with pytest.raises(QuantInputError, match="metric: invalid value 'ppl'; valid values: boolq_acc, boolq_gold_ll"):
+        gate(champion, champion, OmegaConf.merge(cfg, {"metric": "ppl"}))

@@ -14,10 +14,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 import quant.quantizers
+from eval.data import sha256_file
 from sweep.registry import promote
 from sweep.regress import EXIT_BAD_INPUT, EXIT_PASS, EXIT_REGRESSION, EXIT_UNDECIDED, main
 from sweep.run_records import RunRecord
@@ -47,6 +49,7 @@ def recorded(tmp_path_factory, mlflow_template) -> Recorded:
     args = [a for a in inputs.sweep_args() if not a.startswith("eval.boolq.limit=")]
     proc = run_module("sweep", ["-m", "eval.boolq.limit=10,null", "eval.float_baseline=false", *args], cwd=inputs.root)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    mlflow.set_tracking_uri(inputs.uri)  # MLflow's registry resolves models:/ sources on the global store
     client = MlflowClient(inputs.uri)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     jobs = [r for r in client.search_runs([experiment_id]) if r.data.tags.get("sweep.role") == "job"]
@@ -69,7 +72,7 @@ def test_unchanged_code_rebuilds_identical_bytes_and_passes(recorded, tmp_path, 
     assert "regression check on 200 BoolQ examples" in out
     assert f"llama-quant version 1 (run {recorded.champion_run[:8]}" in out
     assert "weights: identical bytes (sha256)" in out and "0 answers changed" in out
-    assert out.strip().splitlines()[-1].startswith("PASS: pass: drop +0,")
+    assert out.strip().splitlines()[-1].startswith("PASS (boolq_acc): pass: drop +0,")
     payload = json.loads(verdict.read_text())
     assert payload["bytes_identical"] is True and payload["tensor_diff"] is None
     assert payload["verdict"]["upper_bound"] < 0.03 and payload["comparison"]["n_flips"] == 0
@@ -90,7 +93,7 @@ def test_planted_change_names_the_tensors_and_fails_the_gate(recorded, tmp_path,
     assert f"tensors: {n_changed} of {payload['tensor_diff']['n_tensors']} differ (sha256)" in out
     assert ".quant_bias (torch.int32): max rel error" in out and "% of 64 elements changed" in out
     assert payload["verdict"]["lower_bound"] >= 0.03
-    assert out.strip().splitlines()[-1].startswith("REGRESSION: fail: drop +")
+    assert out.strip().splitlines()[-1].startswith("REGRESSION (boolq_acc): fail: drop +")
     run_id = out.splitlines()[0].split()[3]  # "recorded as run <id> in experiment ..."
     client = MlflowClient(recorded.inputs.uri)
     run = client.get_run(run_id)
@@ -106,7 +109,7 @@ def test_planted_change_on_ten_rows_cannot_decide(recorded, capsys, monkeypatch)
     _perturb_observer(monkeypatch)
     assert main(["--recipe", recorded.small_run[:8], *recorded.args()]) == EXIT_UNDECIDED
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("CANNOT DECIDE: undecided:") and "(n=10, tango-score)" in last
+    assert last.startswith("CANNOT DECIDE (boolq_acc): undecided:") and "(n=10, tango-score)" in last
     assert "examples would" in last
 
 
@@ -146,3 +149,35 @@ def test_changed_or_missing_model_file_exits_2(recorded, capsys):
         assert "is gone" in proc.stderr
     finally:
         moved.rename(recorded.inputs.model_dir)
+
+
+def _context(dataset_input) -> str:
+    return next(tag.value for tag in dataset_input.tags if tag.key == "mlflow.data.context")
+
+
+def test_jobs_log_a_logged_model_and_data_inputs_that_checks_link(recorded, tmp_path, capsys):
+    client = MlflowClient(recorded.inputs.uri)
+    champion = client.get_run(recorded.champion_run)
+    model_id = champion.data.tags["logged_model_id"]
+    model = client.get_logged_model(model_id)
+    assert str(model.status) == "READY" and model.model_type == "quantized-llama"
+    assert (
+        model.source_run_id == recorded.champion_run
+        and model.params["config_hash"] == champion.data.tags["config_hash"]
+    )
+    assert {m.key: m.value for m in model.metrics}["boolq_acc"] == champion.data.metrics["boolq_acc"]
+    files = {Path(a.path).name for a in client.list_logged_model_artifacts(model_id)}
+    assert {"quant_model_description.json", "quant_recipe.json", "quant_layer_report.json"} <= files
+    digests = {_context(i): i.dataset.digest for i in champion.inputs.dataset_inputs}
+    assert digests == {
+        "calib": sha256_file(recorded.inputs.calib)[:32],
+        "boolq": sha256_file(recorded.inputs.boolq)[:32],
+    }
+    assert champion.data.tags["data.calib_sha256"] == sha256_file(recorded.inputs.calib)
+    assert client.get_model_version("llama-quant", "1").source == f"models:/{model_id}"  # registered from it
+    held = {Path(a.path).name for a in client.list_logged_model_artifacts(model_id)}
+    assert "quant_model_weight_w8a8.safetensors" in held and "config.json" in held  # promotion added the weights
+    assert main(["--recipe", "champion", *recorded.args()]) == EXIT_PASS
+    check = client.get_run(capsys.readouterr().out.splitlines()[0].split()[3])
+    assert [m.model_id for m in check.inputs.model_inputs] == [model_id]
+    assert {i.dataset.digest for i in check.inputs.dataset_inputs} == set(digests.values())
