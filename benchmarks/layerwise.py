@@ -186,11 +186,12 @@ def measure(model: str, save: str, layerwise: bool, calib: dict[str, Any], float
             **calib,
         )
     )
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), _cpu_seconds()
     summary = quantize_to_directory(cfg, overwrite=True, layerwise=layerwise)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, _cpu_seconds() - cpu
     peak = status_kib("VmHWM") / 1024
     result = {
+        "cpu_s": cpu,
         "runtime_mib": runtime,
         "peak_rss_mib": peak,
         "quantize_s": seconds,
@@ -203,6 +204,14 @@ def measure(model: str, save: str, layerwise: bool, calib: dict[str, Any], float
     return result
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process (what a shared machine's load does not inflate)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _float_forward(model: str, cfg: Any) -> dict[str, float]:
     """Seconds of one plain float forward over the calibration set (backbone + lm_head), and the model's MiB."""
     import torch
@@ -212,13 +221,13 @@ def _float_forward(model: str, cfg: Any) -> dict[str, float]:
 
     loaded = load_model(model)
     batches = calibration_batches(loaded.tokenizer, cfg, "cpu")
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), _cpu_seconds()
     with torch.no_grad():
         for batch in batches:
             loaded.model(**batch, use_cache=False)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, _cpu_seconds() - cpu
     model_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in loaded.model.parameters()}.values())
-    return {"float_forward_s": seconds, "model_mib": model_bytes / MIB}
+    return {"float_forward_s": seconds, "float_forward_cpu_s": cpu, "model_mib": model_bytes / MIB}
 
 
 def run_child(*args: str) -> dict[str, Any]:
@@ -240,7 +249,14 @@ def smollm2(pairs: int, workdir: Path) -> None:
         for label, flag in arms.items():  # A B A B: both arms see the same machine load
             runs[label].append(run_child(str(SMOLLM2), str(workdir / "out"), flag, calib, "True"))
             print(f"pair {i + 1}, {label}: {json.dumps(runs[label][-1])}", flush=True)
+        write_smollm2(runs)  # after every pair: a stopped run keeps the pairs it finished
     shutil.rmtree(workdir / "out", ignore_errors=True)
+
+
+def write_smollm2(runs: dict[str, list[dict[str, Any]]]) -> None:
+    """The SmolLM2 figures from the finished pairs (``runs``: per arm, one measurement per pair)."""
+    pairs = min(len(rs) for rs in runs.values())
+    runs = {label: rs[:pairs] for label, rs in runs.items()}
     figures = []
     for label, rs in runs.items():
         figures += [
@@ -252,6 +268,16 @@ def smollm2(pairs: int, workdir: Path) -> None:
                 f"quantize time / one float forward over the calibration set [{label}]",
                 [r["quantize_s"] / r["float_forward_s"] for r in rs],
                 goal=2.0,
+            ),
+            *(
+                [
+                    Figure(
+                        f"quantize CPU time / float forward CPU time [{label}]",
+                        [r["cpu_s"] / r["float_forward_cpu_s"] for r in rs],
+                    )
+                ]
+                if all("cpu_s" in r for r in rs)
+                else []
             ),
             Figure(f"peak RSS [{label}]", [r["peak_rss_mib"] for r in rs], unit="MiB"),
             Figure(f"quantize time [{label}]", [r["quantize_s"] for r in rs], unit="s"),
