@@ -241,19 +241,23 @@ def run_child(*args: str) -> dict[str, Any]:
 # -- the three parts ---------------------------------------------------------------------------
 
 
-def smollm2(pairs: int, workdir: Path) -> None:
+def smollm2(pairs: int, workdir: Path, texts: int | None = None) -> None:
+    """Both paths on SmolLM2, alternating; ``texts``: the first n BoolQ calibration texts (default all 50)."""
+    from quant.calib import read_calib_texts
+
     arms = {"in memory": "False", "layer-wise": "True"}
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in arms}
-    calib = json.dumps({"calib_file": str(BOOLQ_CALIB)})
+    calib_texts = read_calib_texts(str(BOOLQ_CALIB))[:texts]
+    calib = json.dumps({"calib_texts": calib_texts} if texts else {"calib_file": str(BOOLQ_CALIB)})
     for i in range(pairs):
         for label, flag in arms.items():  # A B A B: both arms see the same machine load
             runs[label].append(run_child(str(SMOLLM2), str(workdir / "out"), flag, calib, "True"))
             print(f"pair {i + 1}, {label}: {json.dumps(runs[label][-1])}", flush=True)
-        write_smollm2(runs)  # after every pair: a stopped run keeps the pairs it finished
+        write_smollm2(runs, len(calib_texts))  # after every pair: a stopped run keeps the pairs it finished
     shutil.rmtree(workdir / "out", ignore_errors=True)
 
 
-def write_smollm2(runs: dict[str, list[dict[str, Any]]]) -> None:
+def write_smollm2(runs: dict[str, list[dict[str, Any]]], texts: int) -> None:
     """The SmolLM2 figures from the finished pairs (``runs``: per arm, one measurement per pair)."""
     pairs = min(len(rs) for rs in runs.values())
     runs = {label: rs[:pairs] for label, rs in runs.items()}
@@ -295,7 +299,8 @@ def write_smollm2(runs: dict[str, list[dict[str, Any]]]) -> None:
         "Layer-wise vs in-memory quantization: SmolLM2-135M W8A8-m1",
         {
             "model": SMOLLM2.name,
-            "recipe": "W8A8, m1, act_method 1, L0, 50 BoolQ texts",
+            "recipe": f"W8A8, m1, act_method 1, L0, the first {texts} BoolQ calibration texts",
+            "torch threads": os.environ.get("OMP_NUM_THREADS", "default"),
             "pairs": pairs,
             "order": "in memory, layer-wise, alternating",
             "quantize time": "quantize_to_directory: load/read, quantize, write",
@@ -379,6 +384,7 @@ def main() -> None:
     parser.add_argument("part", choices=["smollm2", "llama7b", "llama70b", "child"])
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--texts", type=int, default=None, help="smollm2: the first n calibration texts (default 50)")
     parser.add_argument("--workdir", default=None, help="scratch directory outside the repository (deleted)")
     args = parser.parse_args()
     if args.part == "child":
@@ -389,7 +395,7 @@ def main() -> None:
     if REPO_ROOT in workdir.resolve().parents:
         parser.exit(2, "benchmarks.layerwise: error: --workdir: must be outside the repository\n")
     {
-        "smollm2": lambda: smollm2(args.pairs, workdir),
+        "smollm2": lambda: smollm2(args.pairs, workdir, args.texts),
         "llama7b": lambda: llama7b(workdir),
         "llama70b": lambda: llama70b(workdir),
     }[args.part]()
