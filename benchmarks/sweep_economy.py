@@ -38,7 +38,6 @@ STAGES = (  # logged per job: where a job's time goes
     ("float model (load or cache)", "cache_float_model_s"),
     ("float BoolQ baseline", "cache_baseline_s"),
     ("smoothing: float observation, anti-outlier, range_param observation", "cache_smoothing_s"),
-    ("copy of the (smoothed) float model", "copy_s"),
     ("quantize weights", "time_quantize_weights_s"),
     ("calibrate activations", "time_calibrate_s"),
     ("save output", "save_s"),

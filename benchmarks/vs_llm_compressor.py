@@ -38,9 +38,9 @@ from eval.perplexity import wikitext_perplexity
 from quant.calib import read_calib_texts, tokenize_texts
 from quant.config import QuantConfig
 from quant.memo import NO_MEMO, Preset
-from quant.model_io import LoadedModel, load_model
+from quant.model_io import LoadedModel, load_model, resolve_model_source
 from quant.pipeline import quantize
-from sweep.float_model_cache import write_float_model
+from sweep.shared_work import FloatModelCodec
 
 MODEL, CALIB = SMOLLM2, BOOLQ_CALIB
 EXTRA = "bench-llmc"
@@ -128,7 +128,7 @@ def write_hf_directory(directory: Path, loaded: LoadedModel) -> None:
     The GGUF loader leaves a ``quantization_config`` naming GGUF in the config (metadata only, the
     tensors are float); llm-compressor refuses a model whose saved config names another quantizer.
     """
-    write_float_model(directory, loaded)
+    FloatModelCodec(resolve_model_source(loaded.source), "cpu", False, None).write(loaded, directory)
     config_file = directory / "config.json"
     config = json.loads(config_file.read_text())
     config.pop("quantization_config", None)

@@ -2,7 +2,7 @@
 WikiText-2 perplexity, paired comparison with the float model.
 
 Import submodules explicitly (``from eval.boolq import evaluate_boolq``): the package name
-``eval`` shadows the builtin only if it is bound as a bare name. ``eval.baseline`` (cached float
+``eval`` shadows the builtin only if it is bound as a bare name. ``eval.baseline`` (float
 evaluations) and ``eval.fingerprint`` (content digests) import transformers and are not re-exported.
 The names below are loaded on first use, so that light modules (``eval.data``) import without torch.
 """
@@ -18,8 +18,6 @@ _EXPORTS = {
     "evaluate_boolq": "eval.boolq",
     "load_boolq_result": "eval.boolq",
     "write_per_example": "eval.boolq",
-    "Cached": "eval.cache",
-    "ResultCache": "eval.cache",
     "BoolQComparison": "eval.compare",
     "binary_kl": "eval.compare",
     "compare_boolq": "eval.compare",

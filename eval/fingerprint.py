@@ -1,7 +1,5 @@
-"""Content digests of what is evaluated: model tensors, model config, tokenizer, saved weight files.
-
-They key the float-baseline cache and prove that the model a sweep evaluated is the one it saved.
-"""
+"""Content digests of model tensors and saved weight files: they prove that the model a sweep
+evaluated is the one it saved."""
 
 from __future__ import annotations
 
@@ -10,15 +8,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from eval.data import sha256_json
 from quant.reload import find_description, read_tensors
-
-# Config entries that name where a model came from or what wrote it, not how it computes.
-_VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "_commit_hash")
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
@@ -37,40 +31,6 @@ def tensor_digests(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
 def combine_digests(digests: Mapping[str, str]) -> str:
     """One SHA-256 for a set of named digests, independent of their order."""
     return sha256_json(sorted(digests.items()))
-
-
-def model_config_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 of the model's HF config without its source path and writer version.
-
-    The config matters beyond the tensors: e.g. ``rope_theta`` sets buffers that are not saved.
-    """
-    config = getattr(model, "config", None)
-    values = config.to_dict() if config is not None else {}
-    for key in _VOLATILE_CONFIG_KEYS:
-        values.pop(key, None)
-    return sha256_json(values)
-
-
-def model_sha256(model: torch.nn.Module) -> str:
-    """Content key of a model: every state-dict tensor (dtype, shape, bytes) and its config."""
-    return sha256_json(
-        {"tensors": combine_digests(tensor_digests(model.state_dict())), "config": model_config_sha256(model)}
-    )
-
-
-def tokenizer_sha256(tokenizer: Any) -> str:
-    """Content key of a tokenizer: its full serialisation (fast tokenizers) or vocabulary, its
-    special tokens and padding side."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    body: Any = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
-    return sha256_json(
-        {
-            "class": type(tokenizer).__name__,
-            "body": body,
-            "special_tokens": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
-            "padding_side": getattr(tokenizer, "padding_side", None),
-        }
-    )
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ class LoadedModel:
     tokenizer: Any
     source: str
     original_dtype: torch.dtype
-    fingerprint: str
 
 
 def _has_safetensors(directory: Path) -> bool:
@@ -46,6 +44,28 @@ def _check_pickle_policy(source: ModelSource, allow_pickle: bool) -> None:
         )
 
 
+def gguf_tokenizer_dir(source: ModelSource) -> Path | None:
+    """The ready HF tokenizer beside a GGUF file, if there is one (else the GGUF's own is used)."""
+    base = Path(source.location).parent
+    for sub in _TOKENIZER_SUBDIRS:
+        candidate = base / sub
+        if (candidate / "tokenizer.json").is_file() or (candidate / "tokenizer.model").is_file():
+            return candidate
+    return None
+
+
+def source_files(source: ModelSource) -> list[Path]:
+    """The local files a load reads: every file of an HF directory; a GGUF file and its tokenizer
+    directory's files. Empty for a hub id."""
+    if source.kind == "hub":
+        return []
+    if source.kind == "hf_dir":
+        return sorted(p for p in Path(source.location).iterdir() if p.is_file())
+    tokenizer_dir = gguf_tokenizer_dir(source)
+    extra = sorted(p for p in tokenizer_dir.iterdir() if p.is_file()) if tokenizer_dir is not None else []
+    return [Path(source.location), *(p for p in extra if p != Path(source.location))]
+
+
 def load_tokenizer(
     source: ModelSource, *, trust_remote_code: bool = False, tokenizer_args: dict[str, Any] | None = None
 ) -> Any:
@@ -53,13 +73,11 @@ def load_tokenizer(
     args: dict[str, Any] = {"padding_side": "left", "trust_remote_code": trust_remote_code}
     args.update(tokenizer_args or {})
     if source.kind == "gguf":
-        base = Path(source.location).parent
-        for sub in _TOKENIZER_SUBDIRS:
-            candidate = base / sub
-            if (candidate / "tokenizer.json").is_file() or (candidate / "tokenizer.model").is_file():
-                tokenizer = AutoTokenizer.from_pretrained(str(candidate), **args)
-                break
+        directory = gguf_tokenizer_dir(source)
+        if directory is not None:
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), **args)
         else:
+            base = Path(source.location).parent
             tokenizer = AutoTokenizer.from_pretrained(str(base), gguf_file=source.gguf_file, **args)
     else:
         tokenizer = AutoTokenizer.from_pretrained(source.location, **args)
@@ -91,7 +109,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     model = model.to(device).eval()
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, tokenizer_args=tokenizer_args)
-    return LoadedModel(model, tokenizer, source.location, original_dtype, fingerprint_source(source))
+    return LoadedModel(model, tokenizer, source.location, original_dtype)
 
 
 def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
@@ -107,20 +125,3 @@ def checkpoint_dtype(config: Any) -> torch.dtype:
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
-
-
-def fingerprint_source(source: ModelSource) -> str:
-    """A content key for the model's weights: names, sizes and mtimes of the weight files.
-
-    Cheap (no full read) yet changes whenever a weight file is replaced; hub ids key by name.
-    """
-    digest = hashlib.sha256(source.kind.encode())
-    if source.kind == "hub":
-        digest.update(source.location.encode())
-        return digest.hexdigest()[:16]
-    root = Path(source.location)
-    files = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.is_file())
-    for p in files:
-        stat = p.stat()
-        digest.update(f"{p.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]

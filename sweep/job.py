@@ -15,14 +15,13 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from eval.baseline import FloatBaseline
-from eval.baseline import float_baseline as eval_float_baseline
 from eval.boolq import evaluate_boolq
-from eval.cache import ResultCache
 from eval.compare import compare_boolq
 from eval.fingerprint import check_model_matches_saved
 from eval.perplexity import wikitext_perplexity
 from quant import progress
 from quant.config import QuantConfig
+from quant.errors import QuantInputError
 from quant.export import LAYER_REPORT_FILE, RECIPE_FILE
 from quant.model_io import LoadedModel
 from quant.pipeline import quantize
@@ -31,9 +30,9 @@ from quant.reload import load_quantized
 from quant.report_plot import plot_layer_sqnr
 from quant.runner import check_inputs, save_result
 from sweep import shared_work
-from sweep.disk_cache import DiskCache
 from sweep.logged_model import record_job_model
 from sweep.plots import layer_range_figure
+from sweep.store import CacheEvent, WorkStore
 from sweep.tracking import finite_metrics, flatten, setup_experiment, sha256_file, tracked_run
 
 log = logging.getLogger(__name__)
@@ -83,31 +82,25 @@ def _device_of(model: Any) -> str:
     return str(next(model.parameters()).device)
 
 
-def disk_cache(cfg: DictConfig) -> DiskCache | None:
-    """The sweep's content-keyed disk cache (``cache.dir``), or None when disabled."""
-    directory = cfg.get("cache", {}).get("dir")
-    return DiskCache(directory) if directory else None
+def cache_dir(cfg: DictConfig) -> str | None:
+    """The work store's directory (``cache.dir``), or None: this process's memory only."""
+    return cfg.get("cache", {}).get("dir")
 
 
-def float_baseline(cfg: DictConfig, qcfg: QuantConfig) -> FloatBaseline:
-    """The float model's BoolQ (and perplexity if enabled): from this process's memory, else from
-    the disk cache ``eval.cache_dir`` (shared by processes, keyed by content), else computed."""
-    loaded = _float_model(cfg, qcfg)
-    memo_key = (loaded.fingerprint, json.dumps(OmegaConf.to_container(cfg.eval, resolve=True), sort_keys=True))
-    baseline = shared_work.memoized(
-        "baseline",
-        memo_key,
-        lambda: eval_float_baseline(
-            ResultCache(cfg.eval.get("cache_dir")),
-            loaded.model,
-            loaded.tokenizer,
-            boolq={**_boolq_args(cfg), "device": _device_of(loaded.model)},
-            perplexity=_perplexity_args(cfg),
-        ),
-    )
-    if shared_work.events()[-1].hit:
-        return dataclasses.replace(baseline, source="memory", seconds=0.0)
-    return baseline
+def check_cache_config(cfg: DictConfig) -> None:
+    """The ``cache.*`` settings, checked before anything is loaded or written."""
+    policy = str(cfg.get("cache", {}).get("float_model", "converted"))
+    if policy not in shared_work.FLOAT_MODEL_DISK_POLICIES:
+        valid = ", ".join(shared_work.FLOAT_MODEL_DISK_POLICIES)
+        raise QuantInputError("cache.float_model", f"{policy!r} is not a policy; valid: {valid}")
+
+
+def float_baseline(
+    cfg: DictConfig, store: WorkStore, model: shared_work.FloatModel
+) -> tuple[FloatBaseline, CacheEvent]:
+    """The float model's BoolQ (and perplexity if enabled) through the work store."""
+    boolq = {**_boolq_args(cfg), "device": _device_of(model.loaded.model)}
+    return shared_work.baseline(store, model, boolq, _perplexity_args(cfg))
 
 
 def eval_devices(cfg: DictConfig) -> tuple[list[str] | None, dict[str, int] | None]:
@@ -143,14 +136,14 @@ def _evaluation_model(
     return model, tokenizer
 
 
-def _float_model(cfg: DictConfig, qcfg: QuantConfig) -> LoadedModel:
+def _float_model(cfg: DictConfig, qcfg: QuantConfig, store: WorkStore) -> shared_work.FloatModel:
     return shared_work.float_model(
+        store,
         qcfg.model_path,
         device_type=qcfg.device_type,
         trust_remote_code=qcfg.trust_remote_code,
         tokenizer_args=qcfg.tokenizer_args,
         allow_pickle=bool(cfg.model.get("allow_pickle", False)),
-        disk=disk_cache(cfg),
         disk_policy=str(cfg.get("cache", {}).get("float_model", "converted")),
     )
 
@@ -168,19 +161,20 @@ def run_job(
     run_name: str,
     tags: dict[str, str],
     log_weights: bool,
+    store: WorkStore,
     run_id: str | None = None,
 ) -> JobOutcome:
     """Quantize, save, evaluate and log one recipe inside its own MLflow run.
 
     Shared work (float model, its statistics, the smoothed model, float baseline) comes from
-    :mod:`sweep.shared_work`; what was reused is logged as ``cache.*`` tags and metrics.
+    ``store`` (the process's one work store); what was reused is logged as ``cache.*`` tags and metrics.
     Any exception marks the run FAILED (with the error) and propagates to the caller.
     """
     started = time.perf_counter()
     progress.set_quiet(bool(cfg.get("quiet", False)))
     tracking = cfg.tracking
     experiment_id = setup_experiment(tracking.tracking_uri, tracking.experiment_name, tracking.artifact_root)
-    shared_work.reset_events()
+    store.take_events()  # this job's lookups start here
     with tracked_run(experiment_id, run_name, tags, run_id=run_id) as run:
         mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
@@ -190,17 +184,19 @@ def run_job(
 
         metrics: dict[str, float] = {}
         t0 = time.perf_counter()
-        loaded = _float_model(cfg, qcfg)
+        float_model = _float_model(cfg, qcfg, store)
+        loaded = float_model.loaded
         metrics["load_s"] = time.perf_counter() - t0
         metrics["float_size_bytes"] = _float_size_bytes(loaded)
-        baseline = float_baseline(cfg, qcfg) if cfg.eval.float_baseline else None
-        if baseline is not None:
-            metrics["float_baseline_cache_hit"] = float(baseline.source != "computed")
-            metrics["float_baseline_s"] = baseline.seconds
-            mlflow.set_tags({"float_baseline_source": baseline.source, "float_baseline_cache_key": baseline.cache_key})
+        baseline = None
+        if cfg.eval.float_baseline:
+            baseline, event = float_baseline(cfg, store, float_model)
+            metrics["float_baseline_cache_hit"] = float(event.hit)
+            metrics["float_baseline_s"] = event.seconds
+            mlflow.set_tags({"float_baseline_source": event.outcome, "float_baseline_cache_key": event.key})
 
         t0 = time.perf_counter()
-        memo = shared_work.SweepMemo(loaded.fingerprint, disk_cache(cfg))
+        memo = shared_work.pipeline_memo(store, float_model, qcfg.tokenizer_args)
         result = quantize(loaded.model, loaded.tokenizer, qcfg, memo)
         job_model = dataclasses.replace(loaded, model=result.model)
         metrics["quantize_s"] = time.perf_counter() - t0
@@ -241,7 +237,7 @@ def run_job(
         )
         mlflow.log_figure(layer_range_figure(result.layer_report()), "plots/layer_range_param.png")
         _log_sqnr_plot(result.layer_report(), saved.directory)
-        _log_cache_events(metrics)
+        _log_cache_events(store.take_events(), metrics)
         metrics["job_s"] = time.perf_counter() - started
         metrics["peak_rss_bytes"] = float(progress.peak_rss_bytes())  # of the process so far (all its jobs)
         log.info("%s", progress.peak_memory_line())
@@ -268,15 +264,17 @@ def _is_own_leftover(qcfg: QuantConfig) -> bool:
         return False
 
 
-def _log_cache_events(metrics: dict[str, float]) -> None:
+def _log_cache_events(events: list[CacheEvent], metrics: dict[str, float]) -> None:
     """Per kind of shared work: ``cache.<kind>`` = memory / disk / computed (its first lookup in this
-    job, the one that paid or saved the work) and ``cache.<kind>.key`` tags; hits as metrics."""
-    first: dict[str, shared_work.CacheEvent] = {}
-    for event in shared_work.events():
+    job, the one that paid or saved the work), ``cache.<kind>.key`` and ``cache.<kind>.where`` tags;
+    hits as metrics."""
+    first: dict[str, CacheEvent] = {}
+    for event in events:
         first.setdefault(event.kind, event)
     for kind, event in first.items():
         mlflow.set_tag(f"cache.{kind}", event.outcome)
         mlflow.set_tag(f"cache.{kind}.key", event.key)
+        mlflow.set_tag(f"cache.{kind}.where", event.where)
         metrics[f"cache_hit_{kind}"] = float(event.hit)
         metrics[f"cache_{kind}_s"] = event.seconds
     metrics["cache_hits"] = float(sum(event.hit for event in first.values()))

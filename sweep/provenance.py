@@ -4,6 +4,7 @@ package versions. Logged as MLflow tags so any result can be traced and any swee
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import platform
 import subprocess
@@ -15,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from quant.errors import QuantInputError
 from quant.memo import content_key
-from quant.model_io import fingerprint_source, resolve_model_source
+from quant.model_io import ModelSource, resolve_model_source
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = (
@@ -32,7 +33,6 @@ PACKAGES = (
 # Job config keys that do not change the result: where it is written, logged or cached.
 VOLATILE_KEYS = ("save_directory", "overwrite", "tracking", "cache", "resume", "data_root", "quiet")
 # The same inside a group: (group, key).
-VOLATILE_GROUP_KEYS = (("eval", "cache_dir"),)
 
 
 @functools.cache
@@ -71,6 +71,22 @@ def model_fingerprint(model_path: str) -> str:
         return "unresolved"
 
 
+def fingerprint_source(source: ModelSource) -> str:
+    """Names, sizes and mtimes of the source's files: cheap (no full read) yet changes whenever a
+    file is replaced; hub ids key by name. What a resumed job compares, not a cache identity (the
+    work store keys by content: ``sweep.shared_work.model_identity``)."""
+    digest = hashlib.sha256(source.kind.encode())
+    if source.kind == "hub":
+        digest.update(source.location.encode())
+        return digest.hexdigest()[:16]
+    root = Path(source.location)
+    files = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.is_file())
+    for p in files:
+        stat = p.stat()
+        digest.update(f"{p.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Content key of a job: its resolved config without :data:`VOLATILE_KEYS`, plus the model's
     fingerprint. Two jobs with the same hash compute the same result; resume skips on it."""
@@ -80,9 +96,6 @@ def config_hash(cfg: DictConfig) -> str:
             continue  # never resolved: e.g. save_directory needs the Hydra job's runtime
         node = cfg[key]
         resolved[str(key)] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-    for group, key in VOLATILE_GROUP_KEYS:
-        if isinstance(resolved.get(group), dict):
-            resolved[group].pop(key, None)
     return content_key("job", resolved, model_fingerprint(str(cfg.model.path)))[:16]
 
 

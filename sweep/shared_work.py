@@ -1,191 +1,189 @@
-"""Work that the jobs of a sweep share: the loaded float model, its observed input statistics, the
-smoothed model of each anti-outlier setting, and the float model's BoolQ baseline.
+"""What the jobs of a sweep share through the process's :class:`~sweep.store.WorkStore`: the
+model's identity, the loaded float model, its BoolQ (and perplexity) baseline, and the memo that
+``quant.pipeline.quantize`` asks for the calibration data, float statistics and smoothing.
 
-Each is computed at most once per process (Hydra's basic launcher runs every job of a multirun
-in one process) and, for the model and the statistics, once per machine: a content-keyed
-:class:`~sweep.disk_cache.DiskCache` lets later processes and parallel workers reuse them. Every
-lookup is recorded as a :class:`CacheEvent` so each job can log what it reused.
+One model identity keys all of it: the sha256 of every file the load reads (weights, config,
+tokenizer; :func:`quant.model_io.source_files`), each file hashed once and memoised in the store
+under its path, size, mtime and inode. A copied model file is hashed once more and then hits
+every entry of the original; a changed one misses them all.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable, Sequence
+import copy
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
 
-from quant.memo import Codec, content_key
-from quant.model_io import LoadedModel, load_model, resolve_model_source
-from sweep.disk_cache import DiskCache
-from sweep.float_model_cache import float_model_key_parts, read_float_model, write_float_model
+import torch
+import transformers
+from safetensors.torch import save_model
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
+from eval.baseline import FloatBaseline, evaluation_identity, float_baseline
+from quant.device import resolve_device
+from quant.memo import Memo, content_key
+from quant.model_io import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_model_source, source_files
+from sweep.store import CacheEvent, JsonCodec, WorkStore
 
-# Which model sources the disk cache keeps: "converted" = those whose loading converts the
-# weights (GGUF), "all", or "none".
+# Which model sources keep their loaded float model on disk: "converted" = those whose loading
+# converts the weights (GGUF), "all", or "none".
 FLOAT_MODEL_DISK_POLICIES = ("converted", "all", "none")
+_HASH_CHUNK = 1 << 24
 
 
 @dataclass(frozen=True)
-class CacheEvent:
-    """One lookup of shared work: where the value came from and how long getting it took."""
+class FloatModel:
+    """The loaded float model (shared: never modify it) and its content identity."""
 
-    kind: str  # "float_model", "observation", "baseline", ...
-    outcome: str  # "memory", "disk" or "computed"
-    key: str
-    seconds: float
-
-    @property
-    def hit(self) -> bool:
-        return self.outcome != "computed"
+    loaded: LoadedModel
+    identity: str
 
 
-_models: dict[tuple, tuple[LoadedModel, str]] = {}  # memory key -> (model, content key)
-_results: dict[tuple, Any] = {}
-_events: list[CacheEvent] = []
-SMOOTHING_KIND = "smoothing"
+def file_sha256(store: WorkStore, path: Path) -> str:
+    """sha256 of a file's bytes, memoised under its path, size, mtime and inode."""
+    stat = path.stat()
+
+    def digest() -> str:
+        sha = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                sha.update(chunk)
+        return sha.hexdigest()
+
+    key = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    return store.get_or_compute("file_sha256", key, digest, JsonCodec(str, str))
 
 
-def reset_events() -> None:
-    """Start recording a new job's lookups."""
-    _events.clear()
+def model_identity(store: WorkStore, source: ModelSource) -> str:
+    """Content identity of a model source: its files' bytes by name (a hub id: its name)."""
+    if source.kind == "hub":
+        return content_key("hub", source.location)
+    base = Path(source.location) if source.kind == "hf_dir" else Path(source.location).parent
+    return content_key(source.kind, {str(p.relative_to(base)): file_sha256(store, p) for p in source_files(source)})
 
 
-def events() -> list[CacheEvent]:
-    """The lookups recorded since the last :func:`reset_events`."""
-    return list(_events)
+class FloatModelCodec:
+    """The loaded float model as safetensors + config, reloaded in about a second (loading a GGUF
+    file dequantizes every tensor: tens of seconds for SmolLM2-135M). The tokenizer is always
+    loaded from the model's own source."""
 
+    WEIGHTS, META = "model.safetensors", "meta.json"
 
-def _record(kind: str, outcome: str, key: str, started: float) -> None:
-    event = CacheEvent(kind, outcome, key, time.perf_counter() - started)
-    _events.append(event)
-    where = f"cache hit in {outcome}" if event.hit else "computed"
-    log.info("%s: %s (key %s, %.1f s)", kind, where, key, event.seconds)
+    def __init__(self, source: ModelSource, device_type: str, trust_remote_code: bool, tokenizer_args: Any) -> None:
+        self.source, self.device_type = source, device_type
+        self.trust_remote_code, self.tokenizer_args = trust_remote_code, tokenizer_args
+
+    def write(self, value: LoadedModel, directory: Path) -> None:
+        model = value.model
+        save_model(model, str(directory / self.WEIGHTS))  # tied tensors once
+        model.config.save_pretrained(directory)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(directory)
+        meta = {
+            "source": value.source,
+            "original_dtype": str(value.original_dtype).removeprefix("torch."),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        }
+        (directory / self.META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    def read(self, directory: Path) -> LoadedModel:
+        """The :class:`LoadedModel` that ``load_model`` returned: same tensors, buffers and configs."""
+        meta = json.loads((directory / self.META).read_text(encoding="utf-8"))
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=self.trust_remote_code)
+        # A GGUF-loaded config names its quantizer; the cached weights are plain float tensors, so
+        # build without it and give the model its original config afterwards (export writes it).
+        build_config = copy.deepcopy(config)
+        if hasattr(build_config, "quantization_config"):
+            del build_config.quantization_config
+        model = AutoModelForCausalLM.from_pretrained(
+            directory,
+            config=build_config,
+            dtype=getattr(torch, meta["dtype"]),
+            trust_remote_code=self.trust_remote_code,
+            use_safetensors=True,
+        )
+        config._name_or_path = self.source.directory  # as when loaded from the source itself
+        model.config = config
+        if (directory / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(directory)
+        model = model.to(resolve_device(self.device_type)).eval()
+        tokenizer = load_tokenizer(
+            self.source, trust_remote_code=self.trust_remote_code, tokenizer_args=self.tokenizer_args
+        )
+        return LoadedModel(model, tokenizer, meta["source"], getattr(torch, meta["original_dtype"]))
 
 
 def float_model(
+    store: WorkStore,
     model_path: str,
     *,
     device_type: str = "cpu",
     trust_remote_code: bool = False,
     tokenizer_args: dict[str, Any] | None = None,
     allow_pickle: bool = False,
-    disk: DiskCache | None = None,
     disk_policy: str = "converted",
-) -> LoadedModel:
-    """The loaded float model for these arguments: from memory, the disk cache, or its source.
-
-    Callers must not modify the returned model (``quantize`` with a sharing memo copies it).
-    """
-    started = time.perf_counter()
-    tokenizer_key = repr(sorted((tokenizer_args or {}).items()))
-    memory_key = (model_path, device_type, trust_remote_code, tokenizer_key, allow_pickle)
-    if memory_key in _models:
-        loaded, key = _models[memory_key]
-        _record("float_model", "memory", key, started)
-        return loaded
+) -> FloatModel:
+    """The loaded float model: from memory, the store's disk (per ``disk_policy``), or its source."""
+    if disk_policy not in FLOAT_MODEL_DISK_POLICIES:
+        raise ValueError(f"cache.float_model: {disk_policy!r}; valid: {', '.join(FLOAT_MODEL_DISK_POLICIES)}")
     source = resolve_model_source(model_path)
-    use_disk = disk is not None and (disk_policy == "all" or (disk_policy == "converted" and source.kind == "gguf"))
-    key = content_key(*float_model_key_parts(source, device_type, trust_remote_code))
-    loaded = _read_disk_model(disk, key, source, device_type, trust_remote_code, tokenizer_args) if use_disk else None
-    outcome = "disk"
-    if loaded is None:
-        outcome = "computed"
-        loaded = load_model(
+    identity = model_identity(store, source)
+    on_disk = disk_policy == "all" or (disk_policy == "converted" and source.kind == "gguf")
+    codec = FloatModelCodec(source, device_type, trust_remote_code, tokenizer_args) if on_disk else None
+    key = [
+        identity,
+        device_type,
+        trust_remote_code,
+        tokenizer_args or {},
+        allow_pickle,
+        transformers.__version__,  # the GGUF conversion lives in transformers
+        torch.__version__,
+    ]
+    loaded = store.get_or_compute(
+        "float_model",
+        key,
+        lambda: load_model(
             model_path,
             device_type=device_type,
             trust_remote_code=trust_remote_code,
             tokenizer_args=tokenizer_args,
             allow_pickle=allow_pickle,
-        )
-        if use_disk:
-            disk.write("float_model", key, lambda directory: write_float_model(directory, loaded))
-    _models[memory_key] = (loaded, key)
-    _record("float_model", outcome, key, started)
-    return loaded
+        ),
+        codec,
+    )
+    return FloatModel(loaded, identity)
 
 
-def _read_disk_model(
-    disk: DiskCache,
-    key: str,
-    source: Any,
-    device_type: str,
-    trust_remote_code: bool,
-    tokenizer_args: dict[str, Any] | None,
-) -> LoadedModel | None:
-    if not disk.has("float_model", key):
-        return None
-    try:
-        return read_float_model(
-            disk.entry("float_model", key),
-            source,
-            device_type=device_type,
-            trust_remote_code=trust_remote_code,
-            tokenizer_args=tokenizer_args,
-        )
-    except Exception as exc:  # an unreadable entry is recomputed, never fatal
-        log.warning("float model cache entry %s unreadable (%s); reloading from the source", key, exc)
-        disk.discard("float_model", key)
-        return None
+def pipeline_memo(store: WorkStore, model: FloatModel, tokenizer_args: dict[str, Any] | None) -> Memo:
+    """What ``quantize`` shares through the store for this float model (its tokenizer settings included)."""
+    return store.memo([model.identity, tokenizer_args or {}])
 
 
-class SweepMemo:
-    """The :class:`quant.memo.Memo` of one float model for the jobs of this process: memory, then
-    the disk cache for the steps that have a codec, then ``compute()``; each lookup is an event.
+def baseline(
+    store: WorkStore, model: FloatModel, boolq: dict[str, Any], perplexity: dict[str, Any] | None
+) -> tuple[FloatBaseline, CacheEvent]:
+    """The float model's BoolQ (and perplexity) through the store: evaluated once per content.
 
-    Only the latest smoothed model is kept (a grid iterates its first axis, anti_method,
-    outermost), so memory holds one more model.
+    ``boolq``: ``evaluate_boolq`` arguments (device included); ``perplexity``: ``wikitext_perplexity``
+    arguments with ``path``, or None.
     """
-
-    shares = True
-
-    def __init__(self, model_key: str, disk: DiskCache | None = None) -> None:
-        self.model_key, self.disk = model_key, disk
-
-    def get_or_compute(
-        self, kind: str, key_parts: Sequence[Any], compute: Callable[[], T], codec: Codec[T] | None = None
-    ) -> T:
-        started = time.perf_counter()
-        key = content_key(kind, self.model_key, *key_parts)
-        memory_key = (kind, key)
-        outcome = "memory"
-        if memory_key not in _results:
-            if kind == SMOOTHING_KIND:
-                for old in [k for k in _results if k[0] == SMOOTHING_KIND]:
-                    del _results[old]
-            disk = self.disk if codec is not None else None
-            value = _read_disk(disk, kind, key, codec) if disk is not None else None
-            outcome = "disk"
-            if value is None:
-                outcome = "computed"
-                value = compute()
-                if disk is not None:
-                    disk.write(kind, key, lambda directory: codec.write(value, directory))
-            _results[memory_key] = value
-        _record(kind, outcome, key, started)
-        return _results[memory_key]
-
-
-def _read_disk(disk: DiskCache, kind: str, key: str, codec: Codec[T]) -> T | None:
-    if not disk.has(kind, key):
-        return None
-    try:
-        return codec.read(disk.entry(kind, key))
-    except Exception as exc:  # an unreadable entry is recomputed, never fatal
-        log.warning("%s cache entry %s unreadable (%s); computing again", kind, key, exc)
-        disk.discard(kind, key)
-        return None
-
-
-def memoized(kind: str, key: tuple, compute: Callable[[], T]) -> T:
-    """``compute()`` once per ``(kind, key)`` in this process; each lookup is recorded as an event."""
-    started = time.perf_counter()
-    full_key = (kind, *key)
-    outcome = "memory"
-    if full_key not in _results:
-        outcome = "computed"
-        _results[full_key] = compute()
-    _record(kind, outcome, content_key(*key), started)
-    return _results[full_key]
+    loaded = model.loaded
+    parameter = next(loaded.model.parameters())
+    key = [
+        model.identity,
+        str(parameter.dtype),
+        str(parameter.device),
+        evaluation_identity(boolq, perplexity),
+        torch.__version__,
+        transformers.__version__,
+    ]
+    found = store.lookup(
+        "baseline",
+        key,
+        lambda: float_baseline(loaded.model, loaded.tokenizer, boolq=boolq, perplexity=perplexity),
+        JsonCodec(FloatBaseline.to_dict, FloatBaseline.from_dict),
+    )
+    return found.value, found.event

@@ -10,6 +10,7 @@ by, lowered when its rule would not ship the run) so any Hydra sweeper, Optuna's
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -26,12 +27,13 @@ from sweep.app import EXIT_BAD_INPUT, EXIT_JOB_FAILED
 from sweep.claims import Claim, claim_config
 from sweep.hydra_config import quant_config_from_hydra
 from sweep.inputs import log_weights_policy
-from sweep.job import JobOutcome, run_job
+from sweep.job import JobOutcome, cache_dir, check_cache_config, run_job
 from sweep.parent_run import KEY_TAG, PARENT_TAG, REUSED_TAG_PREFIX, ROLE_TAG, ParentRun, read_parent_file
 from sweep.provenance import config_hash, git_state, package_versions
 from sweep.run_owner import owner_tags
 from sweep.select import configured_rule, search_objective
 from sweep.stale_runs import OUTPUT_TAG
+from sweep.store import WorkStore
 from sweep.summary import progress_line
 from sweep.tracking import setup_experiment, tracked_run
 
@@ -141,6 +143,13 @@ def print_results(outcome: JobOutcome, cfg: DictConfig) -> None:
     print(f"MLflow UI: mlflow ui --backend-store-uri {cfg.tracking.tracking_uri}  then open http://127.0.0.1:5000")
 
 
+@functools.cache
+def work_store(root: str | None) -> WorkStore:
+    """The process's one work store over ``cache.dir`` (Hydra's basic launcher runs every job of a
+    multirun in this process; other launchers' workers open their own over the same directory)."""
+    return WorkStore(root)
+
+
 def run_task(cfg: DictConfig) -> float:
     """One job of the sweep; returns its selection objective (NaN for a failed job in a multirun)."""
     started = time.perf_counter()
@@ -161,6 +170,7 @@ def run_task(cfg: DictConfig) -> float:
 
     try:
         qcfg = quant_config_from_hydra(cfg)
+        check_cache_config(cfg)
         log_weights = log_weights_policy(cfg, multirun)
     except QuantInputError as exc:
         if not multirun:
@@ -179,7 +189,7 @@ def run_task(cfg: DictConfig) -> float:
         claimed_run = claim.run_id
     previous_run = _last_run_id()
     try:
-        outcome = run_job(cfg, qcfg, name, tags, log_weights, run_id=claimed_run)
+        outcome = run_job(cfg, qcfg, name, tags, log_weights, work_store(cache_dir(cfg)), run_id=claimed_run)
     except QuantInputError as exc:
         if not multirun:
             print(f"sweep: error: {exc}", file=sys.stderr)

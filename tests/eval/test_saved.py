@@ -28,7 +28,7 @@ def saved_w8a8(tmp_path, tiny_tokenizer):
     model = build_tiny_llama("llama3")
     cfg = QuantConfig(calib_texts=CALIB, anti_method="m1", save_directory=str(tmp_path / "out"))
     result = quantize(model, tiny_tokenizer, cfg)
-    loaded = LoadedModel(model, tiny_tokenizer, "tiny", torch.float32, "tiny")
+    loaded = LoadedModel(model, tiny_tokenizer, "tiny", torch.float32)
     saved = save_result(result, loaded, cfg.save_directory)
     return model, saved.directory
 

@@ -60,7 +60,7 @@ def test_w8a16_layers_get_an_sqnr_too(tiny_tokenizer):
 def test_report_is_written_next_to_the_weights_and_plotted(tmp_path, tiny_tokenizer):
     model = build_tiny_llama("llama2")
     result = quantize(model, tiny_tokenizer, QuantConfig(calib_texts=TEXTS, anti_method="m1", disable_level="L2"))
-    loaded = LoadedModel(model, tiny_tokenizer, "tiny", torch.float32, "x")
+    loaded = LoadedModel(model, tiny_tokenizer, "tiny", torch.float32)
     saved = save_result(result, loaded, str(tmp_path / "out"))
     rows = json.loads((saved.directory / LAYER_REPORT_FILE).read_text())
     assert rows == json.loads(json.dumps(result.layer_report()))

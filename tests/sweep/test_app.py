@@ -8,7 +8,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from quant.model_io import load_model, resolve_model_source
-from sweep.float_model_cache import read_float_model
+from sweep.shared_work import FloatModelCodec
 from sweep_helpers import EXPERIMENT, run_module
 
 
@@ -32,6 +32,14 @@ def test_eval_devices_that_are_not_there_stop_the_run_before_quantizing(tiny_inp
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("sweep: error: devices: cuda:7 is not a visible CUDA device"), last
     assert not list(tiny_inputs.root.rglob("quant_model_description*.json"))  # nothing was quantized
+
+
+def test_bad_float_model_policy_is_one_line_exit_2_before_anything_is_written(tiny_inputs):
+    proc = run_module("sweep", ["cache.float_model=sometimes", *tiny_inputs.sweep_args()], cwd=tiny_inputs.root)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "sweep: error: cache.float_model: 'sometimes' is not a policy; valid: converted, all, none"
+    assert not _runs(tiny_inputs.uri) and not (tiny_inputs.root / "cache").exists()
 
 
 def test_unknown_anti_method_lists_valid_ones(tiny_inputs):
@@ -73,7 +81,7 @@ def test_end_to_end_smollm2_small_subset(tmp_path, smollm2_gguf, boolq_calib, bo
     (entry,) = (tmp_path / ".cache" / "llama-quant" / "float_model").iterdir()
     assert entry.name == run.data.tags["cache.float_model.key"]
     direct = load_model(str(smollm2_gguf))
-    cached = read_float_model(entry, resolve_model_source(str(smollm2_gguf)))
+    cached = FloatModelCodec(resolve_model_source(str(smollm2_gguf)), "cpu", False, None).read(entry)
     ref, got = direct.model.state_dict(), cached.model.state_dict()
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
     assert cached.model.config.to_dict() == direct.model.config.to_dict()
@@ -108,7 +116,7 @@ def test_float_baseline_is_cached_across_processes_and_saved_model_is_evaluated(
     assert (first.data.metrics["float_baseline_cache_hit"], second.data.metrics["float_baseline_cache_hit"]) == (0, 1)
     key = first.data.tags["float_baseline_cache_key"]
     assert second.data.tags["float_baseline_cache_key"] == key
-    assert (tiny_inputs.root / "cache" / "boolq" / f"{key}.json").is_file()
+    assert (tiny_inputs.root / "cache" / "baseline" / key / "value.json").is_file()
     for run in (first, second):
         tags, metrics = run.data.tags, run.data.metrics
         assert tags["eval_source"] == "saved_directory" and tags["eval_matches_saved"] == "true"
