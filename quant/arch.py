@@ -66,8 +66,8 @@ def norm_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Every RMSNorm of the model by its full name, the final norm included."""
     norms: dict[str, nn.Module] = {}
     for i, layer in enumerate(decoder_layers(model)):
-        norms[f"model.layers.{i}.input_layernorm"] = layer.input_layernorm
-        norms[f"model.layers.{i}.post_attention_layernorm"] = layer.post_attention_layernorm
+        norms[layer_name(i, "input_layernorm")] = layer.input_layernorm
+        norms[layer_name(i, "post_attention_layernorm")] = layer.post_attention_layernorm
     norms["model.norm"] = final_norm(model)
     return norms
 
@@ -81,9 +81,23 @@ def linear_names_for_layers(num_layers: int) -> list[str]:
     """The linear names of a LLaMA with ``num_layers`` decoder layers (known from its config alone)."""
     names = []
     for i in range(num_layers):
-        names += [f"model.layers.{i}.self_attn.{n}" for n in ATTN_LINEARS]
-        names += [f"model.layers.{i}.mlp.{n}" for n in MLP_LINEARS]
+        names += [layer_name(i, f"self_attn.{n}") for n in ATTN_LINEARS]
+        names += [layer_name(i, f"mlp.{n}") for n in MLP_LINEARS]
     return [*names, LM_HEAD]
+
+
+def layer_name(index: int, relative: str = "") -> str:
+    """The full name of decoder layer ``index`` (``model.layers.3``), or of its submodule ``relative``
+    (``layer_name(3, "mlp.down_proj")`` is ``model.layers.3.mlp.down_proj``)."""
+    return f"model.layers.{index}.{relative}" if relative else f"model.layers.{index}"
+
+
+def relative_name(name: str) -> str:
+    """A layer submodule's name inside its decoder layer (``model.layers.3.mlp.down_proj`` → ``mlp.down_proj``)."""
+    match = _LAYER_RE.match(name)
+    if match is None:
+        raise ValueError(f"{name} is not inside a decoder layer")
+    return name[match.end() :]
 
 
 def layer_index(name: str) -> int | None:

@@ -30,7 +30,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from quant.arch import decoder_layers
+from quant.arch import decoder_layers, layer_name
 from quant.quantizers import fake_quantize_activation, symmetric_params
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class AttentionQuantCalibrator:
             delattr(attention, _RECORDER_ATTR)
         install_head_quantizers(attention, {s: symmetric_params(r, FA_BITS)[0] for s, r in recorder.ranges.items()})
         if recorder.keep_calls:
-            self.output_errors[f"model.layers.{index}.self_attn"] = recorder.output_error(attention)
+            self.output_errors[layer_name(index, "self_attn")] = recorder.output_error(attention)
 
     def keep_float(self, model: nn.Module) -> list[str]:
         """Apply ``fa_amp``: the layers with the largest output error lose their quantizers.
@@ -251,7 +251,7 @@ class AttentionQuantCalibrator:
 
 
 def attention_names(model: nn.Module) -> list[str]:
-    return [f"model.layers.{i}.self_attn" for i in range(len(decoder_layers(model)))]
+    return [layer_name(i, "self_attn") for i in range(len(decoder_layers(model)))]
 
 
 def attention_quant_description(model: nn.Module) -> dict[str, str]:

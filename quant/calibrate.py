@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quant import progress
-from quant.arch import LM_HEAD, decoder_layers, final_norm, get_module, set_module
+from quant.arch import LM_HEAD, decoder_layers, final_norm, get_module, layer_index, layer_name, set_module
 from quant.calib import Batch
 from quant.config import QuantConfig
 from quant.layerwise import Calls, advance, capture_first_layer_calls
@@ -244,10 +244,10 @@ def calibrate_layer(
     """Quantize decoder layer ``index`` and calibrate it in the running pass; return the next layer's calls.
 
     ``calls``: the layer's captured arguments for every calibration batch, in file order.
-    ``quantized``: full names (``model.layers.{index}.…``) of its linears to quantize; the others
+    ``quantized``: full names (``layer_name(index, ...)``) of its linears to quantize; the others
     stay float. The layer is modified in place (quantized modules replace the float linears).
     """
-    prefix = f"model.layers.{index}."
+    prefix = layer_name(index) + "."
     with (
         torch.no_grad(),
         _calibrating(layer, prefix, quantized, cfg, make_observer) as (stand_ins, weight_sqnr),
@@ -290,8 +290,7 @@ def calibrate_model(
         calls = capture_first_layer_calls(model, batches)
         layers = decoder_layers(model)
         for i, layer in progress.stage("calibrate", enumerate(layers), total=len(layers)):
-            prefix = f"model.layers.{i}."
-            names = [n for n in quantized if n.startswith(prefix)]
+            names = [n for n in quantized if layer_index(n) == i]
             calls, layer_outcome = calibrate_layer(i, layer, calls, names, cfg, make_observer, watchers)
             outcome.update(layer_outcome)
         if LM_HEAD in wanted:

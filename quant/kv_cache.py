@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quant.arch import decoder_layers
+from quant.arch import decoder_layers, layer_name
 from quant.calib import Batch
 from quant.layerwise import iterate_layer_inputs
 from quant.quantizers import fake_quantize_activation, symmetric_params
@@ -34,7 +34,7 @@ _HOOK_ATTR = "_kv_cache_hook"
 
 def kv_projection_names(model: nn.Module) -> list[str]:
     """Full names of every k_proj / v_proj, in layer order."""
-    return [f"model.layers.{i}.self_attn.{p}" for i in range(len(decoder_layers(model))) for p in KV_PROJECTIONS]
+    return [layer_name(i, f"self_attn.{p}") for i in range(len(decoder_layers(model))) for p in KV_PROJECTIONS]
 
 
 def add_kv_cache_quant(projection: nn.Module, scale: torch.Tensor | None = None) -> None:

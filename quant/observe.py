@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from quant.arch import LM_HEAD, layer_index
+from quant.arch import LM_HEAD, layer_index, relative_name
 from quant.calib import Batch
 from quant.layerwise import iterate_layer_inputs
 
@@ -179,8 +179,7 @@ def observe_layerwise(
     stats: dict[str, InputStats] = {}
 
     def members_of(i: int, layer: nn.Module) -> dict[str, nn.Module]:
-        prefix = f"model.layers.{i}."
-        return {n: layer.get_submodule(n[len(prefix) :]) for n in wanted if layer_index(n) == i}
+        return {n: layer.get_submodule(relative_name(n)) for n in wanted if layer_index(n) == i}
 
     head = model.get_submodule(LM_HEAD) if LM_HEAD in wanted else None
     for _i, inputs in iterate_layer_inputs(model, batches, members_of, head=head):

@@ -25,6 +25,7 @@ from quant.anti_outlier.m3_awq import METHOD as M3
 from quant.anti_outlier.m4_smooth_optimisation import METHOD as M4
 from quant.anti_outlier.m5_cbq import METHOD as M5
 from quant.anti_outlier.m6_flex_smooth import METHOD as M6
+from quant.arch import layer_name
 from quant.calib import Batch
 from quant.errors import QuantInputError
 from quant.layerwise import iterate_layer_inputs
@@ -161,4 +162,4 @@ def _apply(ctx: PairContext, method: AntiOutlierMethod, report: AntiOutlierRepor
         report.details[ctx.name] = dict(transform.detail)
     s_next = ctx.to_next_channels(s_prev).detach().cpu()
     for n in ctx.pair.nexts:
-        report.input_scales[f"model.layers.{ctx.layer_index}.{n}"] = s_next
+        report.input_scales[layer_name(ctx.layer_index, n)] = s_next

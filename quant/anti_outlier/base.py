@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quant.arch import SmoothPair, decoder_layers, kv_head_groups, norm_modules
+from quant.arch import SmoothPair, decoder_layers, kv_head_groups, layer_name, norm_modules
 from quant.errors import QuantInputError
 from quant.model_copy import replace_tensor
 from quant.observe import InputStats
@@ -47,11 +47,11 @@ class PairContext:
 
     @property
     def name(self) -> str:
-        return f"model.layers.{self.layer_index}.{self.pair.prev}"
+        return layer_name(self.layer_index, self.pair.prev)
 
     @property
     def first_next_name(self) -> str:
-        return f"model.layers.{self.layer_index}.{self.pair.nexts[0]}"
+        return layer_name(self.layer_index, self.pair.nexts[0])
 
     def weight_column_absmax(self) -> torch.Tensor:
         """``wmax_j = max over the group's linears of max_i |W_ij|``, shape (in_features,)."""
