@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quant.errors import QuantInputError, invalid_value
+from quant.quant_types import TP_SHARDED_TYPES, QuantType
 
 MODEL_TYPES = ("llama", "llama2", "llama3", "llama3.1_instruct", "llama3.1_fp")
 ANTI_METHODS = ("none", "m1", "m2", "m3", "m4", "m5", "m6")
@@ -25,15 +26,7 @@ A_BITS = (8, 16)
 DEFAULT_INPUT_IDS_NAME = "input_ids"
 DEFAULT_ATTENTION_MASK_NAME = "attention_mask"
 _LEVEL_RE = re.compile(r"^L(\d+)$")
-# Schemes whose row-parallel layers get per-shard activation parameters under tp_size > 1.
-TP_SHARDED_TYPES = ("W8A8", "W8A8S", "W8A8_MIX", "W4A8_DYNAMIC")
 log = logging.getLogger(__name__)
-
-# Values accepted by validation but not built yet; removed as features land.
-IMPLEMENTED_ANTI_METHODS = ANTI_METHODS
-IMPLEMENTED_ACT_METHODS = ACT_METHODS
-NOT_YET_IMPLEMENTED_FLAGS: tuple[str, ...] = ()
-NOT_YET_IMPLEMENTED_NON_DEFAULTS: tuple[str, ...] = ()
 
 
 @dataclass
@@ -161,7 +154,9 @@ class QuantConfig:
 
     def _validate_scheme(self) -> None:
         """The weight/activation flags must name one scheme of the reference (SPEC §4)."""
-        per_group = self.is_lowbit and not self.open_outlier
+        from quant.schemes.spec import is_outlier_protected, is_per_group  # the granularity rules; imports this
+
+        per_group = is_per_group(self)
         if self.is_lowbit and self.w_bit not in (4, 8):
             raise QuantInputError("is_lowbit", f"True needs w_bit 4 or 8, got {self.w_bit}")
         if self.w_bit == 4 and not (self.is_lowbit or self.co_sparse or self.is_dynamic):
@@ -175,7 +170,7 @@ class QuantConfig:
         if self.co_sparse and (self.is_dynamic or per_group):
             other = "is_dynamic True" if self.is_dynamic else "per-group weights (is_lowbit True, open_outlier False)"
             raise QuantInputError("co_sparse", f"True (W8A8S, static activations) cannot be combined with {other}")
-        if (self.w_bit, self.a_bit) == (4, 8) and self._base_quant_type() != "W8A8S":
+        if (self.w_bit, self.a_bit) == (4, 8) and self._base_quant_type() != QuantType.W8A8S:
             self._require_w4a8_dynamic(per_group)
         if per_group and self.a_bit == 8 and self.w_bit != 4:
             raise QuantInputError(
@@ -187,23 +182,23 @@ class QuantConfig:
             raise QuantInputError(
                 "w_sym", "False (asymmetric weights) needs a_bit 16 (W8A16, W4A16); the a_bit 8 schemes are symmetric"
             )
-        if self.mm_tensor and (per_group or self._outlier_protected() or self.w_bit == 4):
+        if self.mm_tensor and (per_group or is_outlier_protected(self) or self.w_bit == 4):
             raise QuantInputError(
                 "mm_tensor",
                 "True (per-tensor weights) applies to the per-channel schemes W8A8, W8A16, W8A8_DYNAMIC, W8A8_MIX; "
                 "not to per-group, outlier-protected or 4-bit weights",
             )
-        if self.pdmix and self._base_quant_type() != "W8A8":
+        if self.pdmix and self._base_quant_type() != QuantType.W8A8:
             raise QuantInputError("pdmix", f"True needs static W8A8; the other flags give {self._base_quant_type()}")
         if self.is_lowbit and self.act_method == 3:
             raise QuantInputError("act_method", "3 (auto-mix) cannot be used with is_lowbit True; valid: 1, 2")
-        if self.use_sigma and not self._outlier_protected():
+        if self.use_sigma and not is_outlier_protected(self):
             raise QuantInputError(
                 "use_sigma",
                 "True picks the protected outlier range of outlier-protected weights; needs co_sparse True, or "
                 "is_lowbit True with open_outlier True",
             )
-        if self.do_smooth and (self._base_quant_type() != "W8A8S" or self.anti_method != "none"):
+        if self.do_smooth and (self._base_quant_type() != QuantType.W8A8S or self.anti_method != "none"):
             raise QuantInputError(
                 "do_smooth",
                 "True smooths the sparse path (W8A8S: co_sparse True, or is_lowbit True with w_bit 4, a_bit 8) "
@@ -234,34 +229,15 @@ class QuantConfig:
                 + "; ".join(text for _, text in missing),
             )
 
-    def _outlier_protected(self) -> bool:
-        return self._base_quant_type() == "W8A8S" or (self.is_lowbit and self.open_outlier)
-
     def check_supported(self) -> None:
-        """Raise for valid reference values that this version does not implement yet."""
-        if self.anti_method not in IMPLEMENTED_ANTI_METHODS:
-            raise QuantInputError(
-                "anti_method",
-                f"{self.anti_method!r} is not implemented yet; implemented: {', '.join(IMPLEMENTED_ANTI_METHODS)}",
-            )
-        if self.act_method not in IMPLEMENTED_ACT_METHODS:
-            raise QuantInputError(
-                "act_method",
-                f"{self.act_method!r} is not implemented yet; implemented: "
-                + ", ".join(str(m) for m in IMPLEMENTED_ACT_METHODS),
-            )
-        for flag in NOT_YET_IMPLEMENTED_FLAGS:
-            if getattr(self, flag):
-                raise QuantInputError(flag, "True is not implemented yet; valid now: False")
+        """Raise for the reference combination this version does not implement (automatic precision
+        tuning) and for anti-outlier settings the method does not know."""
         if self.is_lowbit and self.w_bit == 8 and self.open_outlier:
             raise QuantInputError(
                 "is_lowbit",
                 "True with w_bit 8 and open_outlier True runs the reference's automatic precision tuning, which is "
                 "not implemented; use open_outlier False (per group) or w_bit 4",
             )
-        for name in NOT_YET_IMPLEMENTED_NON_DEFAULTS:
-            if getattr(self, name) != _DEFAULTS[name]:
-                raise QuantInputError(name, f"only the default {_DEFAULTS[name]!r} is implemented yet")
         from quant.anti_outlier import check_anti_params  # torch-heavy; only once a run is asked for
 
         check_anti_params(self.anti_method, self.anti_params)
@@ -276,22 +252,22 @@ class QuantConfig:
         return int(match.group(1))
 
     @property
-    def quant_type(self) -> str:
-        """The reference's model_quant_type string for this recipe (SPEC §7)."""
+    def quant_type(self) -> QuantType:
+        """The reference's model_quant_type for this recipe (SPEC §7)."""
         base = self._base_quant_type()
-        return "W8A8_MIX" if self.pdmix and base == "W8A8" else base
+        return QuantType.W8A8_MIX if self.pdmix and base == QuantType.W8A8 else base
 
-    def _base_quant_type(self) -> str:
+    def _base_quant_type(self) -> QuantType:
         """The type the weight/activation flags give, before PDMix (the reference's precedence)."""
         if self.w_bit == 16:
-            return "FLOAT"
+            return QuantType.FLOAT
         if self.is_dynamic:
-            return "W4A8_DYNAMIC" if self.w_bit == 4 else "W8A8_DYNAMIC"
+            return QuantType.W4A8_DYNAMIC if self.w_bit == 4 else QuantType.W8A8_DYNAMIC
         if self.co_sparse or (self.is_lowbit and (self.w_bit, self.a_bit) == (4, 8) and self.open_outlier):
-            return "W8A8S"
+            return QuantType.W8A8S
         if self.a_bit == 16:
-            return "W8A16" if self.w_bit == 8 else "W4A16"
-        return "W8A8"
+            return QuantType.W8A16 if self.w_bit == 8 else QuantType.W4A16
+        return QuantType.W8A8
 
     @property
     def quantizes_activations(self) -> bool:
@@ -323,6 +299,3 @@ def _check_choice(param: str, value: object, valid: tuple) -> None:
 def _check_range(param: str, value: object, low: float, high: float) -> None:
     if not _is_number(value) or not low <= value <= high:
         raise invalid_value(param, value, f"a number in [{low}, {high}]")
-
-
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(QuantConfig) if f.default is not dataclasses.MISSING}
