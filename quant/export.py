@@ -30,6 +30,7 @@ from quant.config import QuantConfig
 from quant.errors import QuantInputError
 from quant.kv_cache import KV_TYPE, kv_cache_description
 from quant.qlinear import QuantLinear
+from quant.quant_types import QuantType
 from quant.schemes.spec import is_per_group
 from quant.shard_writer import ShardWriter
 
@@ -76,7 +77,7 @@ def describe_tensors(model: nn.Module, tensor_names: list[str], quant_type: str)
     for name in tensor_names:
         module_name = name.rpartition(".")[0]
         module = quantized.get(module_name)
-        description[name] = module.quant_type if module is not None else "FLOAT"
+        description[name] = module.quant_type if module is not None else QuantType.FLOAT
     # KV-cache (C8) and attention (FAQuant) tensors, and their model-level type keys.
     description.update(kv_cache_description(model))
     description.update(attention_quant_description(model))

@@ -8,6 +8,7 @@ from quant.arch import LM_HEAD, layer_index
 from quant.config import QuantConfig
 from quant.errors import QuantInputError
 from quant.observe import InputStats
+from quant.quant_types import QuantType
 
 _EARLY_LAYERS = 5  # layers 0-4 of the llama3 / llama3.1 defaults
 
@@ -125,7 +126,7 @@ def choose_float_layers(
         float_layers = names_fallback(cfg.disable_names, cfg.model_type, cfg.a_bit, names)
     elif cfg.disable_names:
         check_disable_names(cfg.disable_names, names)
-    if cfg.quant_type == "FLOAT":
+    if cfg.quant_type == QuantType.FLOAT:
         float_layers.update({n: "w_bit 16: no quantization" for n in names if n not in float_layers})
     if cfg.disable_last_linear:
         float_layers.setdefault(LM_HEAD, "disable_last_linear")

@@ -17,12 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quant.quant_types import DYNAMIC_TYPES, STATIC_ACT_TYPES, WEIGHT_ONLY_TYPES
 from quant.quantizers import QuantizedWeight
 
-# Types whose activation parameters are fixed by calibration (quant/calibrate.py).
-STATIC_ACT_TYPES = ("W8A8", "W8A8S", "W8A8_MIX")
-WEIGHT_ONLY_TYPES = ("W8A16", "W4A16")
-DYNAMIC_TYPES = ("W8A8_DYNAMIC", "W4A8_DYNAMIC")
+# STATIC_ACT_TYPES: activation parameters fixed by calibration (quant/calibrate.py).
 SUPPORTED_TYPES = WEIGHT_ONLY_TYPES + STATIC_ACT_TYPES + DYNAMIC_TYPES
 
 

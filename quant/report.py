@@ -13,6 +13,7 @@ from torch import nn
 from quant.arch import get_module
 from quant.calibrate import ActivationRange
 from quant.observe import InputStats
+from quant.quant_types import QuantType
 
 STATUS_QUANTIZED, STATUS_FLOAT = "quantized", "float"
 
@@ -31,7 +32,7 @@ class LayerReport:
     name: str
     status: str  # "quantized" or "float"
     reason: str = ""
-    quant_type: str = "FLOAT"
+    quant_type: str = QuantType.FLOAT
     range_param: float | None = None
     quantile_score: float | None = None
     observer: str | None = None

@@ -17,6 +17,7 @@ from quant.arch import get_module, set_module
 from quant.config import GROUP_SIZES, QuantConfig
 from quant.errors import QuantInputError
 from quant.qlinear import QuantLinear
+from quant.quant_types import QuantType
 from quant.quantizers import sqnr_db
 from quant.schemes.dynamic import DynamicLinear
 from quant.schemes.spec import LinearSpec, linear_spec
@@ -24,14 +25,14 @@ from quant.schemes.static import StaticActLinear, pdmix_phase
 from quant.schemes.w4a8_dynamic import ROW_PARALLEL_SCALE_BIAS_CHUNKS, W4A8DynamicLinear
 from quant.schemes.weight_only import WeightOnlyLinear
 
-SCHEMES: dict[str, type[QuantLinear]] = {
-    "W8A16": WeightOnlyLinear,
-    "W4A16": WeightOnlyLinear,
-    "W8A8": StaticActLinear,
-    "W8A8S": StaticActLinear,
-    "W8A8_MIX": StaticActLinear,
-    "W8A8_DYNAMIC": DynamicLinear,
-    "W4A8_DYNAMIC": W4A8DynamicLinear,
+SCHEMES: dict[QuantType, type[QuantLinear]] = {
+    QuantType.W8A16: WeightOnlyLinear,
+    QuantType.W4A16: WeightOnlyLinear,
+    QuantType.W8A8: StaticActLinear,
+    QuantType.W8A8S: StaticActLinear,
+    QuantType.W8A8_MIX: StaticActLinear,
+    QuantType.W8A8_DYNAMIC: DynamicLinear,
+    QuantType.W4A8_DYNAMIC: W4A8DynamicLinear,
 }
 
 __all__ = [
@@ -67,9 +68,9 @@ def check_shapes(model: nn.Module, names: Sequence[str], cfg: QuantConfig) -> No
             raise QuantInputError(
                 "tp_size", f"{spec.act_shards} does not divide in_features {k} of row-parallel layer {name}"
             )
-        if spec.quant_type == "W4A8_DYNAMIC" and n % 2:
+        if spec.quant_type == QuantType.W4A8_DYNAMIC and n % 2:
             raise QuantInputError("w_bit", f"4 (W4A8_DYNAMIC) packs pairs of rows; {name} has {n} output rows (odd)")
-        if spec.quant_type == "W4A8_DYNAMIC" and spec.row_parallel and k % ROW_PARALLEL_SCALE_BIAS_CHUNKS:
+        if spec.quant_type == QuantType.W4A8_DYNAMIC and spec.row_parallel and k % ROW_PARALLEL_SCALE_BIAS_CHUNKS:
             raise QuantInputError(
                 "w_bit",
                 f"4 (W4A8_DYNAMIC) cuts a row-parallel layer's scale_bias into {ROW_PARALLEL_SCALE_BIAS_CHUNKS} "

@@ -13,6 +13,7 @@ from torch import nn
 
 from quant.int_matmul import dynamic_int8_linear, kernel_applies
 from quant.qlinear import QuantLinear
+from quant.quant_types import QuantType
 from quant.quantizers import dequantize_grouped, fake_quantize_per_token
 from quant.schemes.spec import LinearSpec
 
@@ -21,7 +22,7 @@ class DynamicLinear(QuantLinear):
     """Per-channel (or per-tensor) int8 weights and per-token asymmetric int8 activations."""
 
     def __init__(self, in_features: int, out_features: int, has_bias: bool = False) -> None:
-        super().__init__(in_features, out_features, "W8A8_DYNAMIC")
+        super().__init__(in_features, out_features, QuantType.W8A8_DYNAMIC)
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features, 1))
         self.register_buffer("weight_offset", torch.zeros(out_features, 1))

@@ -13,11 +13,12 @@ The mapping from the reference's flags to weight granularity lives here and nowh
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from quant.arch import is_row_parallel
-from quant.config import TP_SHARDED_TYPES, QuantConfig
+from quant.quant_types import TP_SHARDED_TYPES, QuantType
 from quant.quantizers import (
     QuantizedWeight,
     outlier_mask_by_fraction,
@@ -26,12 +27,15 @@ from quant.quantizers import (
     quantize_weight_outlier_protected,
 )
 
+if TYPE_CHECKING:
+    from quant.config import QuantConfig
+
 
 @dataclass(frozen=True)
 class LinearSpec:
     """The scheme settings of one linear layer."""
 
-    quant_type: str
+    quant_type: QuantType
     w_bit: int = 8
     symmetric: bool = True
     per_tensor: bool = False
@@ -65,7 +69,7 @@ def is_per_group(cfg: QuantConfig) -> bool:
 
 def is_outlier_protected(cfg: QuantConfig) -> bool:
     """W8A8S, or low-bit weights with ``open_outlier=True``."""
-    return cfg.quant_type == "W8A8S" or (cfg.is_lowbit and cfg.open_outlier)
+    return cfg.quant_type == QuantType.W8A8S or (cfg.is_lowbit and cfg.open_outlier)
 
 
 def linear_spec(cfg: QuantConfig, name: str) -> LinearSpec:

@@ -36,6 +36,7 @@ from torch import nn
 
 from quant.int_matmul import dynamic_int8_linear, int8_matmul, kernel_applies
 from quant.qlinear import QuantLinear
+from quant.quant_types import QuantType
 from quant.quantizers import (
     dequantize_grouped,
     fake_quantize_per_token,
@@ -62,11 +63,11 @@ class StaticActLinear(QuantLinear):
         if in_features % shards:
             raise ValueError(f"in_features {in_features} is not divisible into {shards} shards")
         self.shards = shards
-        self.pdmix = quant_type == "W8A8_MIX"
+        self.pdmix = quant_type == QuantType.W8A8_MIX
         self.phase = "auto"
         n = out_features
         self.register_buffer("weight", torch.zeros(n, in_features, dtype=torch.int8))
-        self.saves_weight_scale = quant_type != "W8A8S"
+        self.saves_weight_scale = quant_type != QuantType.W8A8S
         self.register_buffer("weight_scale", torch.ones(n, 1), persistent=self.saves_weight_scale)
         self.register_buffer("weight_offset", torch.zeros(n, 1), persistent=self.saves_weight_scale)
         self.register_buffer("input_scale", torch.ones(shards))

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from quant.qlinear import QuantLinear
+from quant.quant_types import QuantType
 from quant.quantizers import dequantize_grouped, fake_quantize_per_token, quantize_weight_two_stage, scale_bias
 from quant.schemes.packing import pack_int4, unpack_int4
 from quant.schemes.spec import LinearSpec
@@ -35,7 +36,7 @@ class W4A8DynamicLinear(QuantLinear):
     def __init__(
         self, in_features: int, out_features: int, groups: int, chunks: int = 1, has_bias: bool = False
     ) -> None:
-        super().__init__(in_features, out_features, "W4A8_DYNAMIC")
+        super().__init__(in_features, out_features, QuantType.W4A8_DYNAMIC)
         n, k = out_features, in_features
         self.group_size = k // groups
         self.register_buffer("weight", torch.zeros(n // 2, k, dtype=torch.int8))
