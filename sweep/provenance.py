@@ -31,7 +31,7 @@ PACKAGES = (
     "gguf",
 )
 # Job config keys that do not change the result: where it is written, logged or cached.
-VOLATILE_KEYS = ("save_directory", "overwrite", "tracking", "cache", "resume", "data_root", "quiet")
+VOLATILE_KEYS = ("save_directory", "overwrite", "tracking", "cache", "resume", "data_root", "quiet", "rule")
 # The same inside a group: (group, key).
 
 

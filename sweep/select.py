@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.noninferiority import FAIL, PASS, UNDECIDED, Verdict
 from quant.errors import QuantInputError, invalid_value
-from sweep.compose import CONF_DIR, compose_tool_config
+from sweep.compose import compose_tool_config
 from sweep.registry import promote
 from sweep.run_records import RunRecord, job_runs, latest_per_config, sweep_runs
 from sweep.summary import fmt, fmt_mb, fmt_signed, format_table
@@ -138,9 +138,9 @@ def rank(
     return sorted(judged, key=key)
 
 
-def configured_rule() -> SelectionRule:
-    """The rule as ``conf/select.yaml`` states it (without command-line overrides)."""
-    return SelectionRule.from_mapping(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "select.yaml").rule))
+def configured_rule(cfg: DictConfig) -> SelectionRule:
+    """The rule of a composed config (``rule``: conf/rule/, command-line overrides included)."""
+    return SelectionRule.from_mapping(OmegaConf.to_container(cfg.rule, resolve=True))
 
 
 def search_objective(metrics: Mapping[str, float], rule: SelectionRule) -> float:
@@ -213,7 +213,7 @@ def candidate_runs(client: MlflowClient, experiment_id: str, filter_string: str,
 
 def select(cfg: DictConfig, dry_run: bool) -> int:
     """Rank, print, promote; returns the exit code."""
-    rule = SelectionRule.from_mapping(OmegaConf.to_container(cfg.rule, resolve=True))
+    rule = configured_rule(cfg)
     client, experiment_id = open_existing_experiment(cfg.tracking.tracking_uri, cfg.tracking.experiment_name)
     records = candidate_runs(client, experiment_id, str(cfg.filter or ""), cfg.sweep)
     if not records:

@@ -185,7 +185,7 @@ def run_task(cfg: DictConfig) -> float:
             done = claim.finished
             status = "SKIPPED (finished by another sweep)" if claim.waited else "SKIPPED (finished before)"
             report(status, done.info.run_id, dict(done.data.metrics))
-            return search_objective(dict(done.data.metrics), configured_rule())
+            return search_objective(dict(done.data.metrics), configured_rule(cfg))
         claimed_run = claim.run_id
     previous_run = _last_run_id()
     try:
@@ -207,4 +207,4 @@ def run_task(cfg: DictConfig) -> float:
         report("FINISHED", outcome.run_id, outcome.metrics)
     else:
         print_results(outcome, cfg)
-    return search_objective(outcome.metrics, configured_rule())
+    return search_objective(outcome.metrics, configured_rule(cfg))

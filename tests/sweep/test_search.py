@@ -8,6 +8,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
+from sweep.compose import compose_tool_config
 from sweep.select import configured_rule, search_objective
 from sweep_helpers import parent_and_children, run_module
 
@@ -57,7 +58,7 @@ def test_optuna_search_is_seeded_resumable_and_maximizes_the_selection_objective
     _, children = parent_and_children(MlflowClient(tiny_inputs.uri))
     assert len(children) == 6 and all(r.info.status == "FINISHED" for r in children)
     runs = {(r.data.params["anti_method.params.alpha"], r.data.params["disable_level"]): r for r in children}
-    rule = configured_rule()
+    rule = configured_rule(compose_tool_config("config", []))
     for trial in trials:
         run = runs[(str(trial.params["anti_method.params.alpha"]), trial.params["disable_level"])]
         assert trial.value == search_objective(run.data.metrics, rule)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
 from eval.noninferiority import FAIL, UNDECIDED, paired_counts
 from quant.reload import load_quantized
@@ -101,9 +100,12 @@ def test_search_objective_is_the_rule_metric_and_ranks_failing_runs_below_passin
     assert scores == pytest.approx({"drop-shown": 0.74 - 1, "small-n": 0.78 - 1, "passes": 0.799})
     assert max(scores, key=scores.get) == rank(runs, rule)[0].record.name
     assert math.isnan(search_objective({"float_boolq_acc": 0.8}, rule))  # a failed job has no value
-    # The app reads the rule that sweep.select applies when given no override.
-    assert configured_rule() == SelectionRule.from_mapping(
-        OmegaConf.to_container(compose_tool_config("select", []).rule)
+    # The sweep's jobs and sweep.select compose one rule, overrides included.
+    assert configured_rule(compose_tool_config("config", [])) == configured_rule(compose_tool_config("select", []))
+    stricter = ["rule.margin=0.02"]
+    assert configured_rule(compose_tool_config("config", stricter)).margin == 0.02
+    assert configured_rule(compose_tool_config("config", stricter)) == configured_rule(
+        compose_tool_config("select", stricter)
     )
 
 
