@@ -22,7 +22,7 @@ import torch
 
 from benchmarks.common import BOOLQ_CALIB, BOOLQ_VAL, SMOLLM2, Figure, ratios, timed, write_result
 from eval.boolq import evaluate_boolq
-from quant.calib import read_calib_texts
+from quant.calib_data import read_calib_texts
 from quant.config import QuantConfig
 from quant.int_matmul import integer_kernels
 from quant.model_io import load_model

@@ -128,7 +128,7 @@ def _write_tokenizer(directory: Path, vocab_size: int) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from quant.calib import read_calib_texts
+    from quant.calib_data import read_calib_texts
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -148,7 +148,7 @@ def calibration_texts(model_dir: Path) -> list[str]:
     """``CALIB_TEXTS`` BoolQ calibration texts cut to ``CALIB_TOKENS`` tokens of the model's tokenizer."""
     from transformers import AutoTokenizer
 
-    from quant.calib import read_calib_texts
+    from quant.calib_data import read_calib_texts
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     texts = []
@@ -216,7 +216,7 @@ def _float_forward(model: str, cfg: Any) -> dict[str, float]:
     """Seconds of one plain float forward over the calibration set (backbone + lm_head), and the model's MiB."""
     import torch
 
-    from quant.calib import calibration_batches
+    from quant.calib_data import calibration_batches
     from quant.model_io import load_model
 
     loaded = load_model(model)
@@ -243,7 +243,7 @@ def run_child(*args: str) -> dict[str, Any]:
 
 def smollm2(pairs: int, workdir: Path, texts: int | None = None) -> None:
     """Both paths on SmolLM2, alternating; ``texts``: the first n BoolQ calibration texts (default all 50)."""
-    from quant.calib import read_calib_texts
+    from quant.calib_data import read_calib_texts
 
     arms = {"in memory": "False", "layer-wise": "True"}
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in arms}

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import BOOLQ_CALIB, SMOLLM2, Figure, ratios, timed, write_result
-from quant.calib import Batch, calibration_batches
+from quant.calib_data import Batch, calibration_batches
 from quant.config import QuantConfig
 from quant.model_io import load_model
 from quant.pipeline import quantize

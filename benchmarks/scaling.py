@@ -22,7 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from benchmarks.common import Figure, timed, write_result
 from benchmarks.memory import model_bytes, release_free_heap, reset_peak_rss, status_kib
-from quant.calib import Batch
+from quant.calib_data import Batch
 from quant.config import QuantConfig
 from quant.memo import NO_MEMO, Preset
 from quant.pipeline import quantize

@@ -30,7 +30,7 @@ from benchmarks.common import WIKITEXT
 from eval.boolq import evaluate_boolq
 from eval.compare import compare_boolq
 from eval.perplexity import wikitext_perplexity
-from quant.calib import calibration_batches
+from quant.calib_data import calibration_batches
 from quant.config import QuantConfig
 from quant.memo import Memo, MemoryMemo, Preset
 from quant.model_io import load_model

@@ -35,7 +35,7 @@ import torch
 
 from benchmarks.common import BOOLQ_CALIB, DATA, RESULTS, SMOLLM2, WIKITEXT, Figure, write_result
 from eval.perplexity import wikitext_perplexity
-from quant.calib import read_calib_texts, tokenize_texts
+from quant.calib_data import read_calib_texts, tokenize_texts
 from quant.config import QuantConfig
 from quant.memo import NO_MEMO, Preset
 from quant.model_io import LoadedModel, load_model, resolve_model_source

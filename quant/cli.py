@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from quant.calib import default_calib_file
+from quant.calib_data import default_calib_file
 from quant.config import QuantConfig
 from quant.errors import QuantInputError, invalid_value
 from quant.progress import peak_memory_line, set_quiet

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from quant.arch import LM_HEAD, layer_index
 from quant.config import QuantConfig
 from quant.errors import QuantInputError
-from quant.observe import InputStats
+from quant.input_stats import InputStats
 from quant.quant_types import QuantType
 
 _EARLY_LAYERS = 5  # layers 0-4 of the llama3 / llama3.1 defaults

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from quant.arch import decoder_layers, layer_name
-from quant.calib import Batch
+from quant.calib_data import Batch
 from quant.layerwise import iterate_layer_inputs
 from quant.quantizers import fake_quantize_activation, symmetric_params
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from quant import progress
 from quant.arch import LM_HEAD, decoder_layers, final_norm
-from quant.calib import Batch
+from quant.calib_data import Batch
 
 
 class StopForward(Exception):

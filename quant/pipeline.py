@@ -28,17 +28,17 @@ from torch import nn
 from quant.anti_outlier import AntiOutlierReport
 from quant.arch import LM_HEAD, get_module, linear_names
 from quant.attention_quant import AttentionQuantCalibrator, use_quantized_attention
-from quant.calib import Batch, anti_outlier_batches, batches_digest, calibration_batches
-from quant.calibrate import calibrate_model
+from quant.calib_data import Batch, anti_outlier_batches, batches_digest, calibration_batches
 from quant.config import QuantConfig
 from quant.export import LAYER_REPORT_FILE
 from quant.fallback import choose_float_layers
+from quant.input_stats import InputStats, InputStatsCodec
 from quant.memo import NO_MEMO, Memo
 from quant.model_copy import shared_copy
-from quant.observe import InputStats, InputStatsCodec
 from quant.observers import observer_factory
 from quant.progress import float_layers_summary
 from quant.report import STATUS_FLOAT, LayerReport, build_layer_report
+from quant.running_pass import calibrate_model
 from quant.schemes import check_shapes
 from quant.smoothing import (
     Smoothing,

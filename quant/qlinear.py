@@ -20,7 +20,7 @@ from torch import nn
 from quant.quant_types import DYNAMIC_TYPES, STATIC_ACT_TYPES, WEIGHT_ONLY_TYPES
 from quant.quantizers import QuantizedWeight
 
-# STATIC_ACT_TYPES: activation parameters fixed by calibration (quant/calibrate.py).
+# STATIC_ACT_TYPES: activation parameters fixed by calibration (quant/running_pass.py).
 SUPPORTED_TYPES = WEIGHT_ONLY_TYPES + STATIC_ACT_TYPES + DYNAMIC_TYPES
 
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from quant.arch import get_module
-from quant.calibrate import ActivationRange
-from quant.observe import InputStats
+from quant.input_stats import InputStats
 from quant.quant_types import QuantType
+from quant.running_pass import ActivationRange
 
 STATUS_QUANTIZED, STATUS_FLOAT = "quantized", "float"
 

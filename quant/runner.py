@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from quant.arch import linear_names_for_layers
-from quant.calib import check_input_names, read_anti_calib_file, read_calib_texts
+from quant.calib_data import check_input_names, read_anti_calib_file, read_calib_texts
 from quant.checkpoint import open_model
 from quant.config import DEFAULT_ATTENTION_MASK_NAME, DEFAULT_INPUT_IDS_NAME, QuantConfig
 from quant.device import resolve_device

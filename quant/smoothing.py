@@ -18,10 +18,10 @@ from torch import nn
 
 from quant.anti_outlier import AntiOutlierReport, apply_anti_outlier, needs_statistics
 from quant.arch import LM_HEAD, linear_names
-from quant.calib import Batch
+from quant.calib_data import Batch
 from quant.config import QuantConfig
+from quant.input_stats import InputStats, observe_layerwise
 from quant.kv_cache import KVCacheCalibrator
-from quant.observe import InputStats, observe_layerwise
 
 RANGE_PARAM_BATCHES = 5  # disable_level ranks on the first 5 calibration batches (SPEC §5)
 # do_smooth (sparse path): SmoothQuant at the reference's default_smooth_alpha, without its alpha search.

@@ -49,19 +49,19 @@ from quant.anti_outlier import (
 from quant.anti_outlier.base import INPUTS_FIRST_BATCH, INPUTS_NONE, add_norm_bias, layer_pair_contexts
 from quant.arch import LM_HEAD, decoder_layers, final_norm, kv_head_groups, layer_index, linear_names
 from quant.attention_quant import AttentionQuantCalibrator, use_quantized_attention
-from quant.calib import Batch, anti_outlier_batches, calibration_batches
-from quant.calibrate import CalibrationOutcome, calibrate_head, calibrate_layer
+from quant.calib_data import Batch, anti_outlier_batches, calibration_batches
 from quant.checkpoint import StreamedModel, release_module
 from quant.config import QuantConfig
 from quant.export import LAYER_REPORT_FILE, ModelWriter
 from quant.fallback import choose_float_layers
+from quant.input_stats import InputStats, layer_input_stats
 from quant.kv_cache import KV_PROJECTIONS, KVCacheCalibrator
 from quant.layerwise import Calls, SpilledCalls, capture_first_layer_calls, keep_or_spill, run_layer
-from quant.observe import InputStats, layer_input_stats
 from quant.observers import observer_factory
 from quant.pipeline import QuantResult
 from quant.progress import float_layers_summary
 from quant.report import LayerReport, build_layer_report
+from quant.running_pass import CalibrationOutcome, calibrate_head, calibrate_layer
 from quant.schemes import check_shapes
 from quant.smoothing import RANGE_PARAM_BATCHES, anti_outlier_choice, needs_float_observation, observed_linears
 

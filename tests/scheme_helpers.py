@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from quant.calib import calibration_batches
+from quant.calib_data import calibration_batches
 from quant.config import QuantConfig
 from quant.pipeline import QuantResult, quantize
 from quant.smoothing import Smoothing, needs_float_observation, observe_float_model, smooth

@@ -26,10 +26,10 @@ from quant.anti_outlier.m4_smooth_optimisation import METHOD as M4
 from quant.anti_outlier.m5_cbq import METHOD as M5
 from quant.anti_outlier.m6_flex_smooth import METHOD as M6
 from quant.arch import layer_name
-from quant.calib import Batch
+from quant.calib_data import Batch
 from quant.errors import QuantInputError
+from quant.input_stats import InputStats
 from quant.layerwise import iterate_layer_inputs
-from quant.observe import InputStats
 
 REGISTRY: dict[str, AntiOutlierMethod] = {m.name: m for m in (M1, M2, M3, M4, M5, M6)}
 

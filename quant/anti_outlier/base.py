@@ -17,8 +17,8 @@ from torch import nn
 
 from quant.arch import SmoothPair, decoder_layers, kv_head_groups, layer_name, norm_modules
 from quant.errors import QuantInputError
+from quant.input_stats import InputStats
 from quant.model_copy import replace_tensor
-from quant.observe import InputStats
 
 MIN_SCALE = 1e-5
 

@@ -8,10 +8,10 @@ import torch
 
 from quant.anti_outlier import apply_anti_outlier
 from quant.arch import linear_names
-from quant.calib import anti_calibration_batches, read_anti_calib_file
+from quant.calib_data import anti_calibration_batches, read_anti_calib_file
 from quant.config import QuantConfig
 from quant.errors import QuantInputError
-from quant.observe import observe_linear_inputs
+from quant.input_stats import observe_linear_inputs
 from quant.pipeline import quantize
 from quant.runner import check_inputs
 from tiny_models import build_tiny_llama
@@ -96,7 +96,7 @@ def test_anti_outlier_statistics_come_from_the_anti_calib_file(tmp_path, tiny_to
 
 def test_calib_line_without_the_text_key_is_used_raw(tmp_path):
     """SPEC §1: each line's inputs_pretokenized, or the raw line when the key is missing."""
-    from quant.calib import read_calib_texts
+    from quant.calib_data import read_calib_texts
 
     path = tmp_path / "calib.jsonl"
     raw = json.dumps({"id": 0, "question": "q?"})

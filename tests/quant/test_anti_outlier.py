@@ -15,9 +15,9 @@ from quant.anti_outlier.m3_awq import awq_scales, awq_transform
 from quant.anti_outlier.m5_cbq import split_gap_minus_spread
 from quant.anti_outlier.m6_flex_smooth import flex_error, flex_smooth_transform, reference_rms
 from quant.arch import NORM_PAIRS, linear_names
-from quant.calib import tokenize_texts
+from quant.calib_data import tokenize_texts
 from quant.errors import QuantInputError
-from quant.observe import observe_linear_inputs
+from quant.input_stats import observe_linear_inputs
 from tiny_models import build_tiny_llama
 
 TEXTS = [

@@ -8,7 +8,7 @@ from quant.arch import linear_names
 from quant.config import QuantConfig
 from quant.errors import QuantInputError
 from quant.fallback import default_disable_names
-from quant.observe import quantile_score
+from quant.input_stats import quantile_score
 from quant.pipeline import quantize
 from tiny_models import build_tiny_llama
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from quant.arch import linear_names
-from quant.calib import tokenize_texts
-from quant.observe import observe_layerwise, observe_linear_inputs
+from quant.calib_data import tokenize_texts
+from quant.input_stats import observe_layerwise, observe_linear_inputs
 from tiny_models import build_tiny_llama
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Question: is the sky blue? Answer: yes", "Fish swim."]

@@ -19,12 +19,12 @@ from scheme_helpers import smooth_in_place
 from torch import nn
 
 from quant.arch import get_module, linear_names, set_module
-from quant.calib import tokenize_texts
-from quant.calibrate import calibrate_model, sqnr_rows
+from quant.calib_data import tokenize_texts
 from quant.config import QuantConfig
 from quant.observers import observer_factory
 from quant.pipeline import quantize
 from quant.quantizers import SqnrAccumulator
+from quant.running_pass import calibrate_model, sqnr_rows
 from quant.schemes import quantize_linears
 from tiny_models import build_tiny_llama
 

@@ -6,11 +6,11 @@ import contextlib
 import pytest
 import torch
 
-from quant.calibrate import CalibratingLinear, MinMaxObserver, ShardedObserver, calibrate_model
 from quant.config import QuantConfig
 from quant.observers import observer_factory
 from quant.pipeline import quantize
 from quant.quantizers import int64_bits_as_float
+from quant.running_pass import CalibratingLinear, MinMaxObserver, ShardedObserver, calibrate_model
 from quant.schemes import StaticActLinear, pdmix_phase
 from quant.schemes.spec import LinearSpec
 from tiny_models import build_tiny_llama, build_tiny_tokenizer

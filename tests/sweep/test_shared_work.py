@@ -13,8 +13,8 @@ import torch
 
 import sweep.shared_work as shared_work_module
 from quant.config import QuantConfig
+from quant.input_stats import InputStatsCodec
 from quant.model_io import load_model, resolve_model_source
-from quant.observe import InputStatsCodec
 from quant.pipeline import quantize
 from quant.smoothing import observe_float_model
 from sweep import shared_work
@@ -124,7 +124,7 @@ def test_recipe_from_stored_statistics_is_bit_identical(tmp_path, tiny_tokenizer
 
 
 def test_observation_entry_round_trips_every_statistic(tmp_path, tiny_model, tiny_tokenizer):
-    from quant.calib import tokenize_texts
+    from quant.calib_data import tokenize_texts
 
     stats = observe_float_model(tiny_model, tokenize_texts(tiny_tokenizer, TEXTS), QuantConfig(calib_texts=TEXTS))
     InputStatsCodec().write(stats, tmp_path)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from quant.arch import LM_HEAD, layer_index, relative_name
-from quant.calib import Batch
+from quant.calib_data import Batch
 from quant.layerwise import iterate_layer_inputs
 
 QUANTILE_SAMPLE_START = 50  # disable_threshold samples each batch's sorted values [50::100] (SPEC §5)

@@ -28,7 +28,7 @@ from torch import nn
 
 from quant import progress
 from quant.arch import LM_HEAD, decoder_layers, final_norm, get_module, layer_index, layer_name, set_module
-from quant.calib import Batch
+from quant.calib_data import Batch
 from quant.config import QuantConfig
 from quant.layerwise import Calls, advance, capture_first_layer_calls
 from quant.observers import ActivationObserver, MinMaxObserver, ObserverFactory
