@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from quant.arch import layer_name
 from quant.errors import QuantInputError
 
 # Share of a device's memory a plan may fill by default; the rest is for activations and the KV cache.
@@ -43,7 +44,7 @@ def placement_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
     units: list[tuple[str, nn.Module]] = []
     for name, child in base.named_children():
         if name == "layers":
-            units += [(f"model.layers.{i}", layer) for i, layer in enumerate(child)]
+            units += [(layer_name(i), layer) for i, layer in enumerate(child)]
         else:
             units.append((f"model.{name}", child))
     units += [(name, child) for name, child in model.named_children() if name != "model"]

@@ -47,7 +47,16 @@ from quant.anti_outlier import (
     smooth_layer,
 )
 from quant.anti_outlier.base import INPUTS_FIRST_BATCH, INPUTS_NONE, add_norm_bias, layer_pair_contexts
-from quant.arch import LM_HEAD, decoder_layers, final_norm, kv_head_groups, layer_index, linear_names
+from quant.arch import (
+    LM_HEAD,
+    decoder_layers,
+    final_norm,
+    kv_head_groups,
+    layer_index,
+    layer_name,
+    linear_names,
+    relative_name,
+)
 from quant.attention_quant import AttentionQuantCalibrator, use_quantized_attention
 from quant.calib_data import Batch, anti_outlier_batches, calibration_batches
 from quant.checkpoint import StreamedModel, release_module
@@ -188,8 +197,7 @@ def _choose_float_layers(walk: _Walk) -> None:
 
 
 def _members(layer: nn.Module, index: int, names: Sequence[str]) -> dict[str, nn.Module]:
-    prefix = f"model.layers.{index}."
-    return {n: layer.get_submodule(n[len(prefix) :]) for n in names if layer_index(n) == index}
+    return {n: layer.get_submodule(relative_name(n)) for n in names if layer_index(n) == index}
 
 
 def _statistics_step(walk: _Walk, index: int, layer: nn.Module) -> None:
@@ -211,7 +219,7 @@ def _statistics_step(walk: _Walk, index: int, layer: nn.Module) -> None:
     hooks = []
     if walk.kv_cache is not None:
         for projection in KV_PROJECTIONS:
-            name = f"model.layers.{index}.self_attn.{projection}"
+            name = layer_name(index, f"self_attn.{projection}")
             hooks.append(layer.self_attn.get_submodule(projection).register_forward_hook(walk.kv_cache.observer(name)))
     try:
         inputs, walk.smoothed_calls = run_layer(layer, walk.smoothed_calls, _members(layer, index, walk.observed))
@@ -235,7 +243,7 @@ def _calibrate_step(walk: _Walk, index: int, layer: nn.Module) -> None:
     )
     walk.outcome.update(outcome)
     if walk.kv_cache is not None:
-        walk.kv_cache.apply(walk.model, [f"model.layers.{index}.self_attn.{p}" for p in KV_PROJECTIONS])
+        walk.kv_cache.apply(walk.model, [layer_name(index, f"self_attn.{p}") for p in KV_PROJECTIONS])
     for name in names:
         walk.rows[name] = _row(walk, name)
 
@@ -340,14 +348,14 @@ def quantize_layerwise(
 
     layers = decoder_layers(model)
     for i in progress.stage("observe" if two_pass else "quantize", range(len(layers)), total=len(layers)):
-        layer = streamed.load(f"model.layers.{i}", options.device)
+        layer = streamed.load(layer_name(i), options.device)
         _statistics_step(walk, i, layer)
         if not two_pass:
             _calibrate_step(walk, i, layer)
-            writer.write(model, f"model.layers.{i}")
+            writer.write(model, layer_name(i))
             release_module(layer)
         else:
-            streamed.reset(f"model.layers.{i}")  # read again, as the checkpoint has it, in the second pass
+            streamed.reset(layer_name(i))  # read again, as the checkpoint has it, in the second pass
     norm = streamed.load(FINAL_NORM, options.device)
     _head_statistics(walk, norm)
     walk.drop_streams("float_calls", "smoothed_calls")
@@ -355,11 +363,11 @@ def quantize_layerwise(
     if two_pass:
         _choose_float_layers(walk)
         for i in progress.stage("calibrate", range(len(layers)), total=len(layers)):
-            layer = streamed.load(f"model.layers.{i}", options.device)
+            layer = streamed.load(layer_name(i), options.device)
             reapply_layer(walk.contexts(i, layer), walk.report)
             walk.add_norm_biases([layer.input_layernorm, layer.post_attention_layernorm])
             _calibrate_step(walk, i, layer)
-            writer.write(model, f"model.layers.{i}")
+            writer.write(model, layer_name(i))
             release_module(layer)
 
     streamed.load(LM_HEAD, options.device)
