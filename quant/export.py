@@ -326,6 +326,11 @@ def _save_config(
     config.save_pretrained(directory)
     path = directory / "config.json"
     values = json.loads(path.read_text(encoding="utf-8"))
+    # transformers records how it read a GGUF source (quant_method "gguf"); the saved model is not GGUF
+    # (and the layer-wise path, which reads the file itself, has no such entry).
+    source_quantizer = values.get("quantization_config")
+    if isinstance(source_quantizer, dict) and source_quantizer.get("quant_method") == "gguf":
+        del values["quantization_config"]
     if "dtype" in values:
         values.setdefault("torch_dtype", values["dtype"])
     rope = values.get("rope_parameters")

@@ -203,3 +203,22 @@ def test_layerwise_on_cuda_matches_in_memory_on_cuda(tmp_path, tiny_tokenizer):
 
     quantize_layerwise_to_directory(cfg)
     assert _files(out) == expected
+
+
+@pytest.mark.slow
+def test_gguf_source_layerwise_matches_in_memory(tmp_path, smollm2_gguf):
+    """The real GGUF model, 2 calibration texts: the same files both ways (config.json included:
+    transformers' record of reading a GGUF file is not written)."""
+    out = tmp_path / "out"
+    cfg = QuantConfig.from_dict(
+        dict(model_path=str(smollm2_gguf), save_directory=str(out), calib_texts=TEXTS[:2], anti_method="m1")
+    )
+    loaded = load_model(str(smollm2_gguf))
+    save_result(quantize(loaded.model, loaded.tokenizer, cfg), loaded, str(out))
+    expected = _files(out)
+    assert "quantization_config" not in (out / "config.json").read_text()
+    shutil.rmtree(out)
+    from quant.runner import quantize_layerwise_to_directory
+
+    quantize_layerwise_to_directory(cfg)
+    assert _files(out) == expected
