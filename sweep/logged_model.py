@@ -57,6 +57,15 @@ def log_data_inputs(client: MlflowClient, run_id: str, files: Mapping[str, str |
     return tags
 
 
+# MLflow refuses these characters in a LoggedModel's name; run names may carry them (e.g. ``experiment:recipe``).
+_NAME_FORBIDDEN = str.maketrans({c: "-" for c in "/:.%\"'"})
+
+
+def logged_model_name(run_name: str) -> str:
+    """``run_name`` with the characters MLflow refuses in a LoggedModel name replaced by ``-``."""
+    return run_name.translate(_NAME_FORBIDDEN)
+
+
 def log_quantized_model(
     client: MlflowClient, run_id: str, experiment_id: str, name: str, files: Iterable[Path], params: Mapping[str, str]
 ) -> str:
@@ -64,7 +73,7 @@ def log_quantized_model(
     run's output; returns the model id (also the run tag ``logged_model_id``). Metrics logged with
     ``model_id=`` afterwards are linked to it."""
     model = client.create_logged_model(
-        experiment_id, name=name, source_run_id=run_id, params=dict(params), model_type=MODEL_TYPE
+        experiment_id, name=logged_model_name(name), source_run_id=run_id, params=dict(params), model_type=MODEL_TYPE
     )
     try:
         with tempfile.TemporaryDirectory(prefix="logged-model-") as tmp:
