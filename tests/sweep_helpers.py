@@ -122,14 +122,15 @@ def parent_and_children(client: MlflowClient, experiment: str = EXPERIMENT) -> t
 
 
 def _not_cache(metrics: dict[str, float]) -> set[str]:
-    return {name for name in metrics if not name.startswith("cache_")}
+    return {name for name in metrics if not name.startswith(("cache_", "cache.", "time_"))}
 
 
 def assert_same_results(client: MlflowClient, runs: list[Run], ref_client: MlflowClient, reference: list[Run]) -> None:
     """Each run has the same weights (sha256), result metrics, set of metrics and params, and
     artifact files as the reference run of the same name: nothing lost, nothing different.
 
-    Cache metrics (``cache_*``) are left out of the comparison: which shared work a job finds
+    Cache metrics (``cache_*``, ``cache.*``) and stage timings (``time_*``, logged only for the
+    stages a job computed itself) are left out of the comparison: which shared work a job finds
     already done depends on which jobs ran before it in the same process."""
     by_name = {r.info.run_name: r for r in reference}
     for run in runs:
