@@ -17,7 +17,7 @@ from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from sweep.run_owner import owner_alive
-from sweep.search_filter import quoted
+from sweep.search_filter import latest_run, quoted
 from sweep.stale_runs import reap_stale_runs
 from sweep.tracking import store_lock
 
@@ -35,13 +35,8 @@ class Claim:
 
 def finished_run(client: MlflowClient, experiment_id: str, config_hash: str) -> Run | None:
     """The latest FINISHED run of this config in the experiment (what resume skips on), if any."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.config_hash = {quoted(config_hash)} and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
+    finished = f"tags.config_hash = {quoted(config_hash)} and attributes.status = 'FINISHED'"
+    return latest_run(client, experiment_id, finished)
 
 
 def live_claims(client: MlflowClient, experiment_id: str, config_hash: str) -> list[Run]:

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from quant.errors import QuantInputError
 from sweep.run_owner import owner_alive, owner_tags
-from sweep.search_filter import quoted
+from sweep.search_filter import latest_run, quoted
 
 PARENT_FILE = "mlflow_parent.json"  # in the Hydra sweep directory: how jobs find their parent
 ROLE_TAG = "sweep.role"  # "parent" or "job"
@@ -41,13 +41,7 @@ class ParentRun:
 
 def find_parent(client: MlflowClient, experiment_id: str, sweep_key: str) -> Run | None:
     """The most recent parent run of the sweep ``sweep_key`` in the experiment, if any."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{ROLE_TAG}` = 'parent' and tags.`{KEY_TAG}` = {quoted(sweep_key)}",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
+    return latest_run(client, experiment_id, f"tags.`{ROLE_TAG}` = 'parent' and tags.`{KEY_TAG}` = {quoted(sweep_key)}")
 
 
 def open_parent_run(
