@@ -30,6 +30,9 @@ from quant.export import LAYER_REPORT_FILE, RECIPE_FILE
 MODEL_TYPE = "quantized-llama"
 MODEL_ID_TAG = "logged_model_id"  # run tag: the id of the job's LoggedModel
 DIGEST_CHARS = 32  # MLflow stores at most 36 characters of a dataset digest
+# How a SQL store words a uniqueness violation: SQLite, PostgreSQL, MySQL.
+_UNIQUE_VIOLATION = ("unique constraint", "duplicate key", "duplicate entry")
+LOG_INPUTS_ATTEMPTS = 4
 
 
 def data_input(path: str | Path, context: str) -> tuple[DatasetInput, str]:
@@ -51,10 +54,27 @@ def log_data_inputs(client: MlflowClient, run_id: str, files: Mapping[str, str |
             inputs.append(dataset)
             tags[f"data.{context}_sha256"] = digest
     if inputs:
-        client.log_inputs(run_id, datasets=inputs)
+        log_dataset_inputs(client, run_id, inputs)
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     return tags
+
+
+def log_dataset_inputs(client: MlflowClient, run_id: str, inputs: list[DatasetInput]) -> None:
+    """``client.log_inputs`` that survives jobs logging the same file at the same moment.
+
+    MLflow's SQL store looks a dataset up and inserts it when missing, so two runs of one sweep
+    (parallel launchers) can both insert it and one fails on the table's uniqueness constraint. The
+    failed call changed nothing (its transaction is rolled back); calling again finds the winner's
+    dataset and only links it to this run.
+    """
+    for attempt in range(1, LOG_INPUTS_ATTEMPTS + 1):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            if attempt == LOG_INPUTS_ATTEMPTS or not any(s in str(exc).lower() for s in _UNIQUE_VIOLATION):
+                raise
 
 
 # MLflow refuses these characters in a LoggedModel's name; run names may carry them (e.g. ``experiment:recipe``).

@@ -206,3 +206,28 @@ def fake_origin(commit: str, torch_version: str) -> dict[str, str]:
         "version.lm_eval": "0.4.9",
         "version.llama-quant-harness": "0.1.0",
     }
+
+
+def failure_report(proc: subprocess.CompletedProcess, tail: int = 1500) -> str:
+    """What explains a failed CLI run, for an assertion message: the sweep's own summary and error
+    lines, the last traceback of stderr, then the plain tails (a launcher such as Ray forwards its
+    workers' logs after the summary, so a bare tail can hide the reason)."""
+    out, err = proc.stdout or "", proc.stderr or ""
+    own = [
+        line
+        for line in (out + "\n" + err).splitlines()
+        if line.startswith(("sweep", "  ", "failures:", "job ")) or "error:" in line or "FAILED" in line
+    ]
+    start = err.rfind("Traceback (most recent call last)")
+    traceback_text = err[start : start + 6000] if start >= 0 else ""
+    return "\n".join(
+        [
+            f"exit {proc.returncode}",
+            *own[-80:],
+            traceback_text,
+            "--- stdout tail",
+            out[-tail:],
+            "--- stderr tail",
+            err[-tail:],
+        ]
+    )

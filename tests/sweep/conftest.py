@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweep_helpers import EXPERIMENT, TinyInputs, fresh_outputs, init_store, make_tiny_inputs, run_module
+from sweep_helpers import (
+    EXPERIMENT,
+    TinyInputs,
+    failure_report,
+    fresh_outputs,
+    init_store,
+    make_tiny_inputs,
+    run_module,
+)
 
 FAILING_JOB = 5  # 0-based Hydra job number whose save_directory is blocked in the 8-job sweep
 
@@ -73,5 +81,5 @@ def serial_smoke(shared_inputs, tmp_path_factory, mlflow_template) -> SweepOutco
     basic launcher: what every other launcher must reproduce."""
     inputs = fresh_outputs(shared_inputs, tmp_path_factory.mktemp("serial-smoke"), mlflow_template)
     proc = run_module("sweep", ["-m", "grid=smoke", *inputs.sweep_args()], cwd=inputs.root)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     return SweepOutcome(inputs, proc)

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from quant.model_io import load_model, resolve_model_source
 from sweep.shared_work import FloatModelCodec
-from sweep_helpers import EXPERIMENT, run_module
+from sweep_helpers import EXPERIMENT, failure_report, run_module
 
 
 def _runs(uri: str):
@@ -63,7 +63,7 @@ def test_end_to_end_smollm2_small_subset(tmp_path, smollm2_gguf, boolq_calib, bo
         f"hydra.run.dir={tmp_path}/run",
     ]
     proc = run_module("sweep", args, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     assert "MLflow run id:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     (run,) = _runs(uri)
     assert run.info.status == "FINISHED"
@@ -106,7 +106,7 @@ def test_float_baseline_is_cached_across_processes_and_saved_model_is_evaluated(
     ]
     for run_dir in ("first", "second"):
         proc = run_module("sweep", [*common, f"hydra.run.dir={tiny_inputs.root}/{run_dir}"], cwd=tiny_inputs.root)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == 0, failure_report(proc)
         console = proc.stdout + proc.stderr
         assert "linears kept in float (" in console and "peak memory: " in console
         assert "keeping model." not in console  # one summary line, not one line per float layer

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep_helpers import TinyInputs, make_tiny_inputs, run_module
+from sweep_helpers import TinyInputs, failure_report, make_tiny_inputs, run_module
 
 MAX_SECONDS = 5.0
 
@@ -94,5 +94,5 @@ def test_hydra_help_and_cfg_are_left_to_hydra(bad_files, tmp_path):
     inputs, _ = bad_files
     outputs = inputs.elsewhere(tmp_path / "out")
     proc = run_module("sweep", [*outputs.sweep_args(), "--cfg", "job"], cwd=outputs.root, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     assert "disable_level: L0" in proc.stdout

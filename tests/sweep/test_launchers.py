@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from sweep_helpers import assert_same_results, fresh_outputs, parent_and_children, run_module
+from sweep_helpers import assert_same_results, failure_report, fresh_outputs, parent_and_children, run_module
 
 PAIR = ["anti_method=none,m1", "disable_level=L1"]  # two configs of the smoke grid
 
@@ -15,7 +15,7 @@ PAIR = ["anti_method=none,m1", "disable_level=L1"]  # two configs of the smoke g
 def _launch(shared_inputs, root, mlflow_template, args: list[str]) -> MlflowClient:
     inputs = fresh_outputs(shared_inputs, root, mlflow_template)
     proc = run_module("sweep", ["-m", *args, *inputs.sweep_args()], cwd=inputs.root)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     return MlflowClient(inputs.uri)
 
 

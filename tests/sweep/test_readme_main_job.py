@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from sweep_helpers import REPO_ROOT, run_module
+from sweep_helpers import REPO_ROOT, failure_report, run_module
 
 README = REPO_ROOT / "README.md"
 # README placeholders and the text they stand for in a real run's output.
@@ -73,7 +73,7 @@ def test_main_job_prints_the_readme_table(tmp_path, tiny_inputs, mlflow_template
         "eval.boolq.limit=8",
     ]
     proc = run_module("sweep", shrunk, cwd=cwd)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     expected = readme_main_job_block()
     printed = [line.rstrip() for line in proc.stdout.rstrip("\n").splitlines()[-len(expected) :]]
     for want, got in zip(expected, printed):

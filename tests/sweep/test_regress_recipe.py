@@ -23,7 +23,7 @@ from eval.data import sha256_file
 from sweep.registry import promote
 from sweep.regress import EXIT_BAD_INPUT, EXIT_PASS, EXIT_REGRESSION, EXIT_UNDECIDED, main
 from sweep.run_records import RunRecord
-from sweep_helpers import EXPERIMENT, TinyInputs, make_tiny_inputs, run_module
+from sweep_helpers import EXPERIMENT, TinyInputs, failure_report, make_tiny_inputs, run_module
 from tiny_data import write_self_labelled_boolq
 
 MARGIN = "margin=0.03"  # 200 identical rows: upper bound 0.013 < 0.03; the planted drop: lower bound > 0.03
@@ -48,7 +48,7 @@ def recorded(tmp_path_factory, mlflow_template) -> Recorded:
     shutil.copyfile(mlflow_template, inputs.db)
     args = [a for a in inputs.sweep_args() if not a.startswith("eval.boolq.limit=")]
     proc = run_module("sweep", ["-m", "eval.boolq.limit=10,null", "eval.float_baseline=false", *args], cwd=inputs.root)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     mlflow.set_tracking_uri(inputs.uri)  # MLflow's registry resolves models:/ sources on the global store
     client = MlflowClient(inputs.uri)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id

@@ -10,7 +10,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from sweep.compose import compose_tool_config
 from sweep.select import configured_rule, search_objective
-from sweep_helpers import parent_and_children, run_module
+from sweep_helpers import failure_report, parent_and_children, run_module
 
 LEVELS = ("L0", "L1", "L2")
 
@@ -27,7 +27,7 @@ def _search(inputs, storage: str, n_trials: int, sweep_dir: str):
         f"hydra.sweep.dir={sweep_dir}",  # each invocation numbers its jobs from 0: its own directory
     ]
     proc = run_module("sweep", args, cwd=inputs.root)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     return proc
 
 

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from servers import LOOPBACK, PG_USER, create_database, mlflow_server, postgres_bin_dir, postgres_server
-from sweep_helpers import artifact_paths, assert_same_results, parent_and_children, run_module
+from sweep_helpers import artifact_paths, assert_same_results, failure_report, parent_and_children, run_module
 
 PG_BIN = postgres_bin_dir()
 pytestmark = pytest.mark.skipif(
@@ -44,7 +44,7 @@ def test_four_parallel_jobs_log_everything_to_the_postgres_backed_server(
     inputs = shared_inputs.elsewhere(tmp_path / "sweep")  # no local store: it must not be needed
     args = ["-m", "grid=smoke", "launcher=joblib", "tracking=server", f"tracking.tracking_uri={url}"]
     proc = run_module("sweep", [*args, *inputs.sweep_args(local_store=False)], cwd=inputs.root)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
 
     client = MlflowClient(url)
     parent, children = parent_and_children(client)
