@@ -4,7 +4,6 @@ package versions. Logged as MLflow tags so any result can be traced and any swee
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import platform
 import subprocess
@@ -14,11 +13,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from quant.errors import QuantInputError
 from quant.memo import content_key
-from quant.model_io import ModelSource, resolve_model_source
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+UNRESOLVED_MODEL = "unresolved"  # the identity of a model path where no model is (then the path keys the job)
 PACKAGES = (
     "llama-quant-harness",
     "torch",
@@ -63,40 +61,20 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def model_fingerprint(model_path: str) -> str:
-    """The source fingerprint of ``model_path`` (names, sizes, mtimes), or "unresolved" for a bad path."""
-    try:
-        return fingerprint_source(resolve_model_source(model_path))
-    except (QuantInputError, OSError):
-        return "unresolved"
-
-
-def fingerprint_source(source: ModelSource) -> str:
-    """Names, sizes and mtimes of the source's files: cheap (no full read) yet changes whenever a
-    file is replaced; hub ids key by name. What a resumed job compares, not a cache identity (the
-    work store keys by content: ``sweep.shared_work.model_identity``)."""
-    digest = hashlib.sha256(source.kind.encode())
-    if source.kind == "hub":
-        digest.update(source.location.encode())
-        return digest.hexdigest()[:16]
-    root = Path(source.location)
-    files = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.is_file())
-    for p in files:
-        stat = p.stat()
-        digest.update(f"{p.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """Content key of a job: its resolved config without :data:`VOLATILE_KEYS`, plus the model's
-    fingerprint. Two jobs with the same hash compute the same result; resume skips on it."""
+def config_hash(cfg: DictConfig, model_identity: str) -> str:
+    """Content key of a job: its resolved config without :data:`VOLATILE_KEYS`, plus the content
+    identity of its model (:func:`sweep.shared_work.path_identity`) in place of its path: the same
+    files copied elsewhere give the same hash, a file changed in place another. Two jobs with the same
+    hash compute the same result; resume skips on it."""
     resolved: dict[str, Any] = {}
     for key in cfg:
         if key in VOLATILE_KEYS:
             continue  # never resolved: e.g. save_directory needs the Hydra job's runtime
         node = cfg[key]
         resolved[str(key)] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-    return content_key("job", resolved, model_fingerprint(str(cfg.model.path)))[:16]
+    if model_identity != UNRESOLVED_MODEL and isinstance(resolved.get("model"), dict):
+        resolved["model"].pop("path", None)
+    return content_key("job", resolved, model_identity)[:16]
 
 
 def sweep_key(config_name: str | None, task_overrides: Iterable[str], sweeper_params: Mapping[str, Any] | None) -> str:

@@ -1,7 +1,7 @@
 """The recipe a run was made with, read back from MLflow and rebuilt with today's code.
 
 A job logs its resolved config (``config/resolved.yaml``), its content key (``config_hash``: the
-config plus the model files' fingerprint), the sha256 of its weight files and its per-example BoolQ
+config plus the model files' content identity), the sha256 of its weight files and its per-example BoolQ
 result. :func:`load_recipe` reads all of it for the champion, a model version or a run;
 :func:`check_inputs_unchanged` refuses a recipe whose model or data changed since;
 :func:`rebuild` quantizes the same config again into a new directory.
@@ -25,9 +25,11 @@ from quant.model_io import resolve_model_source
 from quant.runner import quantize_to_directory
 from sweep.hydra_config import quant_config_from_hydra
 from sweep.job import BOOLQ_RESULT_ARTIFACT, WEIGHTS_ARTIFACT_DIR
-from sweep.provenance import config_hash, model_fingerprint
+from sweep.provenance import config_hash
 from sweep.registry import weight_hashes
 from sweep.run_records import RunRecord, resolve_run_id
+from sweep.shared_work import path_identity
+from sweep.store import WorkStore
 
 RESOLVED_CONFIG_ARTIFACT = "config/resolved.yaml"  # what sweep.job logs with every run
 # Tags a job sets with the sha256 of its calibration files (absent on runs logged before them).
@@ -119,21 +121,22 @@ def _resolved_config(client: MlflowClient, run_id: str) -> DictConfig:
         return OmegaConf.load(path)
 
 
-def check_inputs_unchanged(recipe: Recipe) -> None:
-    """Refuse a recipe whose inputs are gone or changed: the model files (their fingerprint is
-    part of ``config_hash``), the BoolQ file (its sha256 is in the result) and the calibration
-    files (sha256 tags, when the run has them). Raises :class:`QuantInputError`."""
+def check_inputs_unchanged(recipe: Recipe, store: WorkStore) -> None:
+    """Refuse a recipe whose inputs are gone or changed: the model files (their content identity,
+    memoised in ``store``, is part of ``config_hash``: a copy of the same bytes elsewhere passes),
+    the BoolQ file (its sha256 is in the result) and the calibration files (sha256 tags, when the
+    run has them). Raises :class:`QuantInputError`."""
     cfg = recipe.cfg
     try:
         resolve_model_source(str(cfg.model.path))
     except (QuantInputError, OSError):
         raise QuantInputError("recipe", f"the model of run {recipe.run_id[:8]} is gone: {cfg.model.path}") from None
-    if config_hash(cfg) != recipe.config_hash:
+    identity = path_identity(store, str(cfg.model.path))
+    if config_hash(cfg, identity) != recipe.config_hash:
         raise QuantInputError(
             "recipe",
             f"the model files at {cfg.model.path} changed since run {recipe.run_id[:8]} "
-            f"(content key {recipe.config_hash} no longer matches; "
-            f"fingerprint now {model_fingerprint(str(cfg.model.path))})",
+            f"(content key {recipe.config_hash} no longer matches; model identity now {identity[:16]})",
         )
     boolq = recipe.result.config
     _check_file("BoolQ data", boolq.get("data_path"), boolq.get("data_sha256"), recipe)
@@ -156,11 +159,11 @@ def recipe_data_files(recipe: Recipe) -> dict[str, str | None]:
     return {"calib": recipe.cfg.calib.get("calib_file"), "anti_calib": recipe.cfg.calib.get("anti_calib_file")}
 
 
-def input_digests(recipe: Recipe) -> dict[str, str]:
-    """The content keys of what a rebuild reads: model fingerprint, BoolQ and calibration files."""
+def input_digests(recipe: Recipe, store: WorkStore) -> dict[str, str]:
+    """The content keys of what a rebuild reads: model identity, BoolQ and calibration files."""
     cfg = recipe.cfg
     digests = {
-        "fingerprint.model": model_fingerprint(str(cfg.model.path)),
+        "fingerprint.model": path_identity(store, str(cfg.model.path))[:16],
         "fingerprint.boolq_data": str(recipe.result.config.get("data_sha256")),
     }
     for key, tag in CALIB_DIGEST_TAGS.items():

@@ -54,6 +54,7 @@ from sweep.registry import weight_hashes
 from sweep.regress_history import history_figure, history_table
 from sweep.regress_record import HISTORY_PLOT_ARTIFACT, record_check, record_history, recorded_checks
 from sweep.run_records import resolve_run_id
+from sweep.store import WorkStore
 from sweep.tracking import open_existing_experiment, sha256_file
 
 EXIT_PASS = 0
@@ -173,8 +174,9 @@ def gate(reference: BoolQResult, candidate: BoolQResult, cfg: DictConfig) -> tup
 def check_recipe(client: MlflowClient, recipe: Recipe, cfg: DictConfig, device: str, scratch: Path) -> Check:
     """Rebuild ``recipe`` into ``scratch``, compare its bytes and tensors with the recorded
     output, evaluate it on the recorded rows and gate it."""
-    check_inputs_unchanged(recipe)
-    digests = input_digests(recipe)
+    store = WorkStore(None)  # the model's content identity, hashed once for both
+    check_inputs_unchanged(recipe, store)
+    digests = input_digests(recipe, store)
     rebuilt = rebuild(recipe, scratch / "rebuilt")
     recorded = weight_hashes(recipe.record)
     identical = bool(recorded) and all(

@@ -24,8 +24,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 from eval.baseline import FloatBaseline, evaluation_identity, float_baseline
 from quant.device import resolve_device
+from quant.errors import QuantInputError
 from quant.memo import Memo, content_key
 from quant.model_io import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_model_source, source_files
+from sweep.provenance import UNRESOLVED_MODEL
 from sweep.store import CacheEvent, JsonCodec, WorkStore
 
 # Which model sources keep their loaded float model on disk: "converted" = those whose loading
@@ -55,6 +57,15 @@ def file_sha256(store: WorkStore, path: Path) -> str:
 
     key = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino]
     return store.get_or_compute("file_sha256", key, digest, JsonCodec(str, str))
+
+
+def path_identity(store: WorkStore, model_path: str) -> str:
+    """:func:`model_identity` of the model at ``model_path``; "unresolved" when no model is there
+    (the checks that load it report the bad path)."""
+    try:
+        return model_identity(store, resolve_model_source(model_path))
+    except (QuantInputError, OSError):
+        return UNRESOLVED_MODEL
 
 
 def model_identity(store: WorkStore, source: ModelSource) -> str:

@@ -32,6 +32,7 @@ from sweep.parent_run import KEY_TAG, PARENT_TAG, REUSED_TAG_PREFIX, ROLE_TAG, P
 from sweep.provenance import config_hash, git_state, package_versions
 from sweep.run_owner import owner_tags
 from sweep.select import configured_rule, search_objective
+from sweep.shared_work import path_identity
 from sweep.stale_runs import OUTPUT_TAG
 from sweep.store import WorkStore
 from sweep.summary import progress_line
@@ -66,8 +67,9 @@ def run_name(cfg: DictConfig, choices: dict[str, str], job_overrides: list[str],
     return f"{name}-{config_hash[:6]}"
 
 
-def job_tags(cfg: DictConfig, parent: ParentRun | None) -> dict[str, str]:
-    """Hydra choices, config hash, provenance, and the sweep/parent links of one job's run."""
+def job_tags(cfg: DictConfig, parent: ParentRun | None, store: WorkStore) -> dict[str, str]:
+    """Hydra choices, config hash (the model's content identity through ``store``), provenance, and
+    the sweep/parent links of one job's run."""
     hydra_cfg = HydraConfig.get()
     choices = {k: str(v) for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
     tags = {f"choice.{k}": v for k, v in choices.items()}
@@ -75,7 +77,7 @@ def job_tags(cfg: DictConfig, parent: ParentRun | None) -> dict[str, str]:
         {
             "act_method": str(cfg.act_method),
             "disable_level": str(cfg.disable_level),
-            "config_hash": config_hash(cfg),
+            "config_hash": config_hash(cfg, path_identity(store, str(cfg.model.path))),
             "hydra_overrides": " ".join(hydra_cfg.overrides.task)[:5000],
             ROLE_TAG: "job",
             OUTPUT_TAG: str(cfg.save_directory),
@@ -158,16 +160,7 @@ def run_task(cfg: DictConfig) -> float:
     parent = read_parent_file(hydra_cfg.sweep.dir) if multirun else None
     if multirun and parent is None:
         log.warning("no parent run recorded in %s (hydra.callbacks without SweepParentRun?)", hydra_cfg.sweep.dir)
-    choices = {k: str(v) for k, v in hydra_cfg.runtime.choices.items()}
-    tags = job_tags(cfg, parent)
-    name = run_name(cfg, choices, list(hydra_cfg.overrides.task), tags["config_hash"])
-    total = f"/{parent.n_jobs}" if parent is not None and parent.n_jobs else ""
-    job = f"job {hydra_cfg.job.num + 1}{total}" if multirun else "run"
-
-    def report(status: str, run_id: str | None = None, metrics: dict | None = None, note: str = "") -> None:
-        line = progress_line(job, name, status, time.perf_counter() - started, run_id, metrics, note)
-        print(line, flush=True)
-
+    invalid = None
     try:
         qcfg = quant_config_from_hydra(cfg)
         check_cache_config(cfg)
@@ -176,7 +169,21 @@ def run_task(cfg: DictConfig) -> float:
         if not multirun:
             print(f"sweep: error: {exc}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
-        report("FAILED", _record_invalid_job(cfg, name, tags, exc), note=str(exc))
+        invalid = exc
+    choices = {k: str(v) for k, v in hydra_cfg.runtime.choices.items()}
+    # A job refused for its config writes nothing to the cache, not even its model's identity.
+    store = work_store(cache_dir(cfg)) if invalid is None else WorkStore(None)
+    tags = job_tags(cfg, parent, store)
+    name = run_name(cfg, choices, list(hydra_cfg.overrides.task), tags["config_hash"])
+    total = f"/{parent.n_jobs}" if parent is not None and parent.n_jobs else ""
+    job = f"job {hydra_cfg.job.num + 1}{total}" if multirun else "run"
+
+    def report(status: str, run_id: str | None = None, metrics: dict | None = None, note: str = "") -> None:
+        line = progress_line(job, name, status, time.perf_counter() - started, run_id, metrics, note)
+        print(line, flush=True)
+
+    if invalid is not None:
+        report("FAILED", _record_invalid_job(cfg, name, tags, invalid), note=str(invalid))
         return math.nan
     claimed_run = None
     if multirun and cfg.get("resume", True):
@@ -189,7 +196,7 @@ def run_task(cfg: DictConfig) -> float:
         claimed_run = claim.run_id
     previous_run = _last_run_id()
     try:
-        outcome = run_job(cfg, qcfg, name, tags, log_weights, work_store(cache_dir(cfg)), run_id=claimed_run)
+        outcome = run_job(cfg, qcfg, name, tags, log_weights, store, run_id=claimed_run)
     except QuantInputError as exc:
         if not multirun:
             print(f"sweep: error: {exc}", file=sys.stderr)

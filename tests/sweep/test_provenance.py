@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +27,9 @@ from sweep.callbacks import count_jobs
 from sweep.compose import CONF_DIR
 from sweep.provenance import config_hash, sweep_key
 from sweep.run_owner import process_start
+from sweep.shared_work import path_identity
 from sweep.stale_runs import OUTPUT_TAG, reap_stale_runs
+from sweep.store import WorkStore
 from sweep.tracking import tracked_run
 
 
@@ -40,20 +43,35 @@ def _compose(overrides: list[str]):
     return cfg
 
 
+def _hash(cfg) -> str:
+    """The job's config hash as the task computes it (a fresh store: the model hashed again)."""
+    return config_hash(cfg, path_identity(WorkStore(None), str(cfg.model.path)))
+
+
 def test_config_hash_ignores_where_results_go_and_follows_what_defines_them(tiny_model_dir):
     base = [f"model.path={tiny_model_dir}"]
-    reference = config_hash(_compose(base))
+    reference = _hash(_compose(base))
     volatiles = ["tracking.experiment_name=other", "cache.dir=/elsewhere", "resume=false", "overwrite=true"]
     volatiles.append("quiet=true")
     for volatile in volatiles:
-        assert config_hash(_compose([*base, volatile])) == reference, volatile
+        assert _hash(_compose([*base, volatile])) == reference, volatile
     for change in ("act_method=2", "disable_level=L1", "eval.boolq.limit=50", "anti_method.params.alpha=0.6"):
-        assert config_hash(_compose([*base, change])) != reference, change
-    assert config_hash(_compose([*base, "anti_method=none"])) != reference
-    weights = tiny_model_dir / "model.safetensors"
-    stat = weights.stat()
-    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the model file was replaced
-    assert config_hash(_compose(base)) != reference
+        assert _hash(_compose([*base, change])) != reference, change
+    assert _hash(_compose([*base, "anti_method=none"])) != reference
+
+
+def test_config_hash_follows_the_model_s_bytes_not_its_path_or_mtime(tiny_model_dir, tmp_path):
+    base = [f"model.path={tiny_model_dir}"]
+    reference = _hash(_compose(base))
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "copied-model")  # new path, new mtimes, same bytes
+    assert _hash(_compose([f"model.path={copy}"])) == reference
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last tensor
+    weights.write_bytes(bytes(data))
+    assert _hash(_compose([f"model.path={copy}"])) != reference
+    gone = _compose([f"model.path={tmp_path / 'no-model'}"])
+    assert _hash(gone) != _hash(_compose([f"model.path={tmp_path / 'other-missing'}"]))  # keyed by path
 
 
 def test_sweep_key_is_order_free_and_follows_the_axes():
@@ -80,7 +98,7 @@ def test_launcher_and_search_configs_compose_onto_installed_plugins(choice):
 @pytest.mark.parametrize("choice", ["launcher=joblib", "launcher=ray", "tracking=server"])
 def test_where_jobs_run_and_log_is_not_part_of_the_config_hash(choice, tiny_model_dir):
     base = [f"model.path={tiny_model_dir}"]
-    assert config_hash(_compose([*base, choice])) == config_hash(_compose(base))
+    assert _hash(_compose([*base, choice])) == _hash(_compose(base))
 
 
 @pytest.mark.parametrize(
@@ -155,7 +173,7 @@ def test_run_names_tell_configs_apart(tiny_model_dir):
     for overrides in variants:
         cfg = _compose(overrides)
         choices = {"scheme": "w8a8", "anti_method": "none", "calib": str(cfg.calib.name)}
-        names.append(run_name(cfg, choices, overrides, config_hash(cfg)))
+        names.append(run_name(cfg, choices, overrides, _hash(cfg)))
     assert len(set(names)) == len(names), names
     assert names[0].startswith("w8a8-none-act1-L0-boolq50-")
     assert names[1].startswith("w8a8-none-act1-L0-boolq50[quant.disable_last_linear=false]-")
