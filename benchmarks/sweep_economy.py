@@ -115,6 +115,8 @@ def main() -> None:
         result = json.loads(args.from_json.read_text())
         write_common_result(result, render(result))
         return
+    if args.out is not None and args.out.exists():
+        parser.error(f"--out: {args.out} exists; give a new directory (the arms' stores must start empty)")
     out = (args.out or Path(tempfile.mkdtemp(prefix="sweep_economy-"))).resolve()
     out.mkdir(parents=True, exist_ok=args.out is None)
     calib = out / "calib.jsonl"
