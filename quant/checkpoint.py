@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from quant.device import resolve_device
 from quant.model_io import checkpoint_dtype, load_config
 from quant.model_source import ModelSource, resolve_model_source
 
@@ -177,21 +178,38 @@ def load_module(
     reader: CheckpointReader,
     dtype: torch.dtype,
     device: torch.device | str = "cpu",
+    skip: Collection[str] = (),
 ) -> nn.Module:
-    """Read the parameters of the submodule ``prefix`` (e.g. ``model.layers.3``) into it; return it.
+    """Read the parameters of the submodule ``prefix`` (e.g. ``model.layers.3``; "" for the whole
+    model) into it, except the full names in ``skip``; return it.
 
     Each tensor is read, cast to ``dtype`` and moved to ``device`` alone, replacing the ``meta``
     parameter (ties between modules are not kept: each module gets its own tensors).
     """
     module = model.get_submodule(prefix)
-    for name, param in list(module.named_parameters(recurse=True)):
+    for name, param in list(module.named_parameters(recurse=True, remove_duplicate=False)):
         owner_path, _, leaf = name.rpartition(".")
         owner = module.get_submodule(owner_path) if owner_path else module
         full = f"{prefix}.{name}" if prefix else name
+        if full in skip:
+            continue
         # copy=True: a safetensors tensor may alias the file's mapping, which in-place transforms would change
         value = reader.read(tied_source(model, full)).to(device=device, dtype=dtype, copy=True)
         owner._parameters[leaf] = nn.Parameter(value, requires_grad=param.requires_grad)
     return module
+
+
+def read_whole_model(model_path: str, device_type: str = "cpu", trust_remote_code: bool = False) -> StreamedModel:
+    """The whole float model read tensor by tensor into its skeleton, tied weights tied again: the
+    values of ``from_pretrained``, without the fully dequantized copy of the checkpoint it holds
+    beside the model while loading a GGUF file (the load's peak then is the model plus one tensor)."""
+    streamed = open_model(model_path, device_type, trust_remote_code)
+    model = streamed.model
+    tied = set(model.get_expanded_tied_weights_keys(all_submodels=True))  # targets, e.g. lm_head.weight
+    load_module(model, "", streamed.reader, streamed.dtype, resolve_device(device_type), skip=tied)
+    model.tie_weights()
+    streamed.blank = None
+    return streamed
 
 
 def release_module(module: nn.Module) -> None:

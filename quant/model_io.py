@@ -103,7 +103,12 @@ def load_model(
     dtype = torch.float32 if device.type == "cpu" else original_dtype
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if source.kind == "gguf":
-        model = AutoModelForCausalLM.from_pretrained(source.directory, gguf_file=source.gguf_file, **kwargs)
+        # from_pretrained dequantizes the whole file into a state dict beside the model (twice the
+        # model's bytes at the peak); read it tensor by tensor into a skeleton instead, same values.
+        from quant.checkpoint import read_whole_model  # quant.checkpoint imports this module
+
+        model = read_whole_model(model_path, device_type, trust_remote_code).model
+        model.config._name_or_path = source.directory  # as from_pretrained records it
     else:
         kwargs["use_safetensors"] = None if allow_pickle else True
         model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)

@@ -152,3 +152,19 @@ class ShardWriter:
             paths.append(final)
             weight_map.update(dict.fromkeys(names, final.name))
         return paths, weight_map
+
+
+def save_module_tensors(module: torch.nn.Module, path: Path) -> Path:
+    """``module``'s state dict as one safetensors file, written tensor by tensor (no second copy of
+    the whole model in memory, as ``safetensors.torch.save_model`` makes); tensors that share memory
+    (tied embeddings) are written once, under the name ``save_model`` keeps (the first in sort order)."""
+    kept: dict[tuple[int, int, tuple[int, ...]], tuple[str, torch.Tensor]] = {}
+    for name, tensor in module.state_dict().items():
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if where not in kept or name < kept[where][0]:
+            kept[where] = (name, tensor)
+    writer = ShardWriter(path.parent, path.name, None)
+    for name, tensor in kept.values():
+        writer.add(name, tensor)
+    writer.close()
+    return path

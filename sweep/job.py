@@ -188,30 +188,35 @@ def run_job(
         loaded = float_model.loaded
         metrics["load_s"] = time.perf_counter() - t0
         metrics["float_size_bytes"] = _float_size_bytes(loaded)
+        _note_peak(metrics, "load")
         baseline = None
         if cfg.eval.float_baseline:
             baseline, event = float_baseline(cfg, store, float_model)
             metrics["float_baseline_cache_hit"] = float(event.hit)
             metrics["float_baseline_s"] = event.seconds
             mlflow.set_tags({"float_baseline_source": event.outcome, "float_baseline_cache_key": event.key})
+            _note_peak(metrics, "baseline")
 
         t0 = time.perf_counter()
         memo = shared_work.pipeline_memo(store, float_model, qcfg.tokenizer_args)
         result = quantize(loaded.model, loaded.tokenizer, qcfg, memo)
         job_model = dataclasses.replace(loaded, model=result.model)
         metrics["quantize_s"] = time.perf_counter() - t0
+        _note_peak(metrics, "quantize")
         metrics.update({f"time_{k}": v for k, v in result.timings.items()})
         t0 = time.perf_counter()
         saved = save_result(result, loaded, qcfg.save_directory, overwrite=overwrite)
         metrics["save_s"] = time.perf_counter() - t0
         metrics["size_bytes"] = float(saved.total_bytes)
         metrics["float_layers"] = float(len(result.float_layers))
+        _note_peak(metrics, "save")
 
         eval_model, eval_tokenizer = _evaluation_model(
             cfg, job_model, saved.directory, qcfg.device_type, devices, budgets
         )
         quant_eval = evaluate_boolq(eval_model, eval_tokenizer, device=_device_of(eval_model), **_boolq_args(cfg))
         metrics.update(quant_eval.to_metrics("boolq_"))
+        _note_peak(metrics, "eval")
         mlflow.log_dict(quant_eval.to_dict(), BOOLQ_RESULT_ARTIFACT)
         ppl_args = _perplexity_args(cfg)
         if ppl_args is not None:
@@ -245,6 +250,12 @@ def run_job(
         mlflow.log_metrics(finite_metrics(metrics), model_id=model_id)  # linked to the LoggedModel too
         mlflow.set_tag("quant_type", result.quant_type)
         return JobOutcome(run.info.run_id, result.quant_type, metrics, str(saved.directory))
+
+
+def _note_peak(metrics: dict[str, float], stage: str) -> None:
+    """``peak_rss_after_<stage>_bytes``: the process's peak RSS when ``stage`` ended. The peak only
+    grows, so the first stage whose figure jumps is where the job's memory peaked."""
+    metrics[f"peak_rss_after_{stage}_bytes"] = float(progress.peak_rss_bytes())
 
 
 def _log_sqnr_plot(rows: list[dict[str, Any]], directory: Path) -> None:

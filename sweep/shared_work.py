@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 import transformers
-from safetensors.torch import save_model
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 from eval.baseline import FloatBaseline, evaluation_identity, float_baseline
@@ -27,6 +26,7 @@ from quant.device import resolve_device
 from quant.errors import QuantInputError
 from quant.memo import Memo, content_key
 from quant.model_io import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_model_source, source_files
+from quant.shard_writer import save_module_tensors
 from sweep.provenance import UNRESOLVED_MODEL
 from sweep.store import CacheEvent, JsonCodec, WorkStore
 
@@ -89,7 +89,7 @@ class FloatModelCodec:
 
     def write(self, value: LoadedModel, directory: Path) -> None:
         model = value.model
-        save_model(model, str(directory / self.WEIGHTS))  # tied tensors once
+        save_module_tensors(model, directory / self.WEIGHTS)  # tied tensors once
         model.config.save_pretrained(directory)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(directory)

@@ -1,17 +1,17 @@
 """``python -m sweep.tune``: find the most compressed recipe that meets a target, at a fraction of
 the grid's cost, confirm it with the non-inferiority gate and promote it.
 
-``conf/tune.yaml`` (``key=value`` overrides): a target (``target.metric`` kl | nll, ``margin``,
-``alpha``), a search space (``space.anti_method`` × ``space.act_method``, up to
-``space.max_float`` most-sensitive linears kept float) and ``rungs`` (nested numbers of token
-blocks; the last is the full set). Per setting the linears are ranked by sensitivity
-(``ranking``: the quantizer's SQNR, free; or KL alone quantized, one forward pass per linear),
-the number kept float is found by bisection, each probe raced on the rungs
-(:mod:`sweep.tune_search`). Every rung evaluation is a child run of the tune's MLflow run, with
-its per-block scores; a tune started again with the same settings resumes that run and
-evaluates nothing twice. The winner is saved, registered (model version, alias ``champion``) and
-the cost table (evaluations per rung, blocks evaluated, wall time, against the full grid) printed
-and logged.
+``conf/tune.yaml`` (``key=value`` overrides): a target (``target.metric`` kl | nll | boolq_acc,
+``margin``, ``alpha``; :mod:`sweep.tune_targets`), a search space (``space.anti_method`` ×
+``space.act_method``, up to ``space.max_float`` most-sensitive linears kept float) and ``rungs``
+(nested numbers of units: token blocks, or BoolQ rows for ``boolq_acc``; the last is the full set).
+Per setting the linears are ranked by sensitivity (``ranking``: the quantizer's SQNR, free; or KL
+alone quantized, one forward pass per linear), the number kept float is found by bisection, each
+probe raced on the rungs (:mod:`sweep.tune_search`). Every rung evaluation is a child run of the
+tune's MLflow run, with its per-unit scores; a tune started again with the same settings resumes
+that run and evaluates nothing twice. The winner is saved, registered (model version, alias
+``champion``) and the cost table (evaluations per rung, units evaluated, wall time, against the
+full grid) printed and logged.
 
 Exit codes: 0 a winner was promoted, 1 nothing meets the target, 2 bad input, 3 the budget
 (``budget.max_evaluations``) ran out: run the same command again to go on.
@@ -34,8 +34,8 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from eval.noninferiority import MIN_BOOTSTRAP_N, Verdict, paired_scores
-from eval.token_scores import score_blocks
+from eval.data import read_boolq_jsonl
+from eval.noninferiority import MIN_BOOTSTRAP_N, Verdict
 from quant.arch import LM_HEAD
 from quant.errors import QuantInputError, invalid_value
 from quant.pipeline import QuantResult
@@ -47,12 +47,12 @@ from sweep.registry import promote
 from sweep.run_records import RunRecord
 from sweep.tracking import finite_metrics, flatten, setup_experiment, sha256_file
 from sweep.tune_search import Candidate, SearchOutcome, search
+from sweep.tune_targets import BOOLQ_METRIC, METRICS, TOKEN_METRICS, BoolQTarget, TokenTarget, TuneTarget
 from sweep.workbench import Setting, Workbench
 
 EXIT_NO_WINNER = 1
 EXIT_BAD_INPUT = 2
 EXIT_BUDGET = 3
-TARGETS = ("kl", "nll")
 RANKINGS = ("sqnr", "kl")
 KEY_TAG = "tune.key"
 SCORES_ARTIFACT = "scores.json"
@@ -78,19 +78,28 @@ class Costs:
 
     evaluations: Counter = field(default_factory=Counter)  # rung units → new evaluations there
     reused: int = 0
-    blocks: int = 0  # token blocks scored by candidates
+    blocks: int = 0  # units (token blocks, BoolQ rows) scored by candidates
     sensitivity_blocks: int = 0  # token blocks scored by the sensitivity ranking
     quantizations: int = 0
     started: float = field(default_factory=time.perf_counter)
 
 
 class TuneJudge:
-    """Scores candidates on nested prefixes of the token blocks, records each (candidate, rung) as
+    """Scores candidates on nested prefixes of the target's units, records each (candidate, rung) as
     a child run of the tune's run, and reuses recorded ones instead of evaluating again."""
 
-    def __init__(self, cfg: DictConfig, bench: Workbench, client: MlflowClient, parent: RunRecord, costs: Costs):
-        self.cfg, self.bench, self.client, self.parent, self.costs = cfg, bench, client, parent, costs
-        self.metric = str(cfg.target.metric)
+    def __init__(
+        self,
+        cfg: DictConfig,
+        bench: Workbench,
+        target: TuneTarget,
+        client: MlflowClient,
+        parent: RunRecord,
+        costs: Costs,
+    ):
+        self.cfg, self.bench, self.target, self.client, self.parent = cfg, bench, target, client, parent
+        self.costs = costs
+        self.metric = target.metric
         self.margin, self.alpha = float(cfg.target.margin), float(cfg.target.alpha)
         self.max_new = cfg.budget.get("max_evaluations")
         self.rankings: dict[Setting, list[str]] = {}
@@ -154,8 +163,7 @@ class TuneJudge:
         return scores
 
     def _score(self, candidate: Candidate, indices: range) -> np.ndarray:
-        scores = score_blocks(self.model(candidate).model, self.bench.reference, indices)
-        return scores.kl if self.metric == "kl" else scores.nll
+        return self.target.scores(self.model(candidate).model, indices)
 
     def _record(self, candidate: Candidate, units: int, scores: np.ndarray) -> None:
         tags = {
@@ -175,11 +183,8 @@ class TuneJudge:
         self.client.set_terminated(run.info.run_id, "FINISHED")
 
     def verdict_of(self, scores: np.ndarray) -> Verdict:
-        """The gate on per-block scores of the first ``scores.size`` blocks: the mean KL against
-        0 (float against itself), or the NLL paired with float's."""
-        units = scores.size
-        reference = np.zeros(units) if self.metric == "kl" else self.bench.reference.nll[:units]
-        return paired_scores(reference, scores, self.margin, self.alpha, higher_is_better=False)
+        """The gate on the scores of the first ``scores.size`` units (:mod:`sweep.tune_targets`)."""
+        return self.target.verdict(scores, self.margin, self.alpha)
 
 
 def _load_scores(client: MlflowClient, run_id: str) -> np.ndarray:
@@ -189,20 +194,24 @@ def _load_scores(client: MlflowClient, run_id: str) -> np.ndarray:
 
 def check_config(cfg: DictConfig) -> tuple[list[Setting], list[int]]:
     """The settings and rungs of ``cfg``, or a one-line error naming the bad key."""
-    if str(cfg.target.metric) not in TARGETS:
-        raise invalid_value("target.metric", cfg.target.metric, TARGETS)
+    metric = str(cfg.target.metric)
+    if metric not in METRICS:
+        raise invalid_value("target.metric", cfg.target.metric, METRICS)
     if str(cfg.ranking) not in RANKINGS:
         raise invalid_value("ranking", cfg.ranking, RANKINGS)
-    n_blocks = int(cfg.tokens.n_blocks)
     rungs = list(cfg.rungs)
     if not rungs or any(not isinstance(r, int) or r < 1 for r in rungs) or rungs != sorted(set(rungs)):
-        raise invalid_value("rungs", rungs, "increasing block counts, e.g. [20, 40, 80, 160]")
+        raise invalid_value("rungs", rungs, "increasing unit counts, e.g. [20, 40, 80, 160]")
     if rungs[0] < MIN_BOOTSTRAP_N:
         raise invalid_value(
-            "rungs", rungs, f"a first rung of at least {MIN_BOOTSTRAP_N} blocks (the gate decides nothing below)"
+            "rungs", rungs, f"a first rung of at least {MIN_BOOTSTRAP_N} units (the gate decides nothing below)"
         )
-    if rungs[-1] != n_blocks:
-        raise invalid_value("rungs", rungs, f"the last rung must be the full set, tokens.n_blocks = {n_blocks}")
+    if metric in TOKEN_METRICS and rungs[-1] != int(cfg.tokens.n_blocks):
+        raise invalid_value(
+            "rungs", rungs, f"the last rung must be the full set, tokens.n_blocks = {int(cfg.tokens.n_blocks)}"
+        )
+    if metric == BOOLQ_METRIC:
+        _check_boolq_rows(str(cfg.boolq.data_path), rungs[-1])
     max_float = cfg.space.max_float
     if isinstance(max_float, bool) or not isinstance(max_float, int) or max_float < 0:
         raise invalid_value("space.max_float", max_float, "an integer >= 0")
@@ -210,6 +219,32 @@ def check_config(cfg: DictConfig) -> tuple[list[Setting], list[int]]:
     if not settings:
         raise invalid_value("space", OmegaConf.to_container(cfg.space), "at least one anti_method and act_method")
     return settings, rungs
+
+
+def _check_boolq_rows(data_path: str, needed: int) -> None:
+    """The BoolQ file of a ``boolq_acc`` tune holds at least the last rung's rows."""
+    try:
+        rows = len(read_boolq_jsonl(data_path))
+    except (OSError, ValueError) as exc:
+        raise QuantInputError("boolq.data_path", f"cannot read BoolQ rows from {data_path}: {exc}") from None
+    if rows < needed:
+        raise invalid_value("rungs", needed, f"a last rung of at most the {rows} rows of {data_path}")
+
+
+def tune_target(cfg: DictConfig, bench: Workbench) -> TuneTarget:
+    """The target of ``cfg.target.metric`` over the workbench's float model."""
+    metric = str(cfg.target.metric)
+    if metric in TOKEN_METRICS:
+        return TokenTarget(metric, bench.reference)
+    boolq = cfg.boolq
+    return BoolQTarget(
+        bench.loaded.model,
+        bench.loaded.tokenizer,
+        Path(str(boolq.data_path)),
+        int(cfg.rungs[-1]),
+        batch_size=int(boolq.batch_size),
+        add_bos_token=bool(boolq.add_bos_token),
+    )
 
 
 def tune_key(cfg: DictConfig) -> str:
@@ -239,18 +274,21 @@ def open_parent(client: MlflowClient, experiment_id: str, cfg: DictConfig, key: 
     return record, resumed
 
 
-def cost_table(costs: Costs, outcome: SearchOutcome, n_settings: int, max_float: int, n_blocks: int) -> str:
-    """Candidates, evaluations per rung, blocks evaluated and wall time, against the full grid."""
+def cost_table(
+    costs: Costs, outcome: SearchOutcome, n_settings: int, max_float: int, n_units: int, unit_name: str = "blocks"
+) -> str:
+    """Candidates, evaluations per rung, units (token blocks, BoolQ rows) evaluated and wall time,
+    against the full grid. Sensitivity blocks (``ranking: kl``) are token blocks whatever the target."""
     grid_candidates = n_settings * (max_float + 1)
-    grid_blocks = grid_candidates * n_blocks
+    grid_units = grid_candidates * n_units
     considered = len({r.candidate.key for r in outcome.races})
-    total_blocks = costs.blocks + costs.sensitivity_blocks
-    lines = ["rung (blocks)  new evaluations"]
-    lines += [f"{units:>13}  {count:>15}" for units, count in sorted(costs.evaluations.items())]
+    total_units = costs.blocks + costs.sensitivity_blocks
+    lines = [f"rung ({unit_name})  new evaluations"]
+    lines += [f"{units:>{len(unit_name) + 7}}  {count:>15}" for units, count in sorted(costs.evaluations.items())]
     rows = [
         ("candidates", considered, grid_candidates),
         ("quantizations", costs.quantizations, grid_candidates),
-        ("blocks evaluated", total_blocks, grid_blocks),
+        (f"{unit_name} evaluated", total_units, grid_units),
     ]
     lines += ["", f"{'':<20}{'tune':>10}{'full grid':>12}{'ratio':>8}"]
     lines += [f"{name:<20}{tune:>10}{grid:>12}{tune / grid:>8.2f}" for name, tune, grid in rows]
@@ -297,7 +335,8 @@ def tune(cfg: DictConfig) -> TuneResult:
     print(f"tune {cfg.name}: run {parent.run_id} ({'resumed' if resumed else 'new'}), target {cfg.target.metric}")
     costs = Costs()
     bench = Workbench.open(cfg)
-    judge = TuneJudge(cfg, bench, client, parent, costs)
+    target = tune_target(cfg, bench)
+    judge = TuneJudge(cfg, bench, target, client, parent, costs)
     try:
         outcome = search(judge, settings, int(cfg.space.max_float), rungs)
     except BudgetExhausted:
@@ -307,9 +346,10 @@ def tune(cfg: DictConfig) -> TuneResult:
     except BaseException:
         client.set_terminated(parent.run_id, "FAILED")
         raise
-    table = cost_table(costs, outcome, len(settings), int(cfg.space.max_float), rungs[-1])
+    table = cost_table(costs, outcome, len(settings), int(cfg.space.max_float), rungs[-1], target.unit_name)
     decisions = "\n".join(
-        f"{r.candidate.key:<28} {r.status:<10} at {r.units:>5} blocks  {r.verdict.line()}" for r in outcome.races
+        f"{r.candidate.key:<28} {r.status:<10} at {r.units:>5} {target.unit_name}  {r.verdict.line()}"
+        for r in outcome.races
     )
     client.log_text(parent.run_id, decisions + "\n\n" + table + "\n", "tune/report.txt")
     print(decisions + "\n\n" + table)

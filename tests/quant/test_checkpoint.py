@@ -1,7 +1,10 @@
 """Reading a checkpoint module by module into a meta skeleton gives load_model's weights, bit for bit."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from quant.arch import decoder_layers
 from quant.checkpoint import meta_names, open_model, release_module
@@ -58,8 +61,23 @@ def test_bf16_checkpoint_reads_as_float32_like_load_model(tmp_path, tiny_tokeniz
     _assert_same_weights(streamed, loaded.model)
 
 
+def _transformers_gguf_load(path):
+    """The model as transformers loads a GGUF file itself (what load_model did before reading it tensor by tensor)."""
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+
+
 @pytest.mark.slow
-def test_gguf_dequantized_one_layer_at_a_time_matches_load_model(smollm2_gguf):
+def test_gguf_read_layer_by_layer_or_whole_matches_transformers_loading(smollm2_gguf):
+    reference = _transformers_gguf_load(smollm2_gguf)
     streamed = open_model(str(smollm2_gguf))
     _read_all(streamed)
-    _assert_same_weights(streamed, load_model(str(smollm2_gguf)).model)
+    _assert_same_weights(streamed, reference)
+    del streamed
+    loaded = load_model(str(smollm2_gguf)).model  # the whole model, tensor by tensor
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight  # tied as transformers ties it
+    assert loaded.config.to_dict() == reference.config.to_dict()
+    assert loaded.generation_config.to_dict() == reference.generation_config.to_dict()
+    assert {n: b.dtype for n, b in loaded.named_buffers()} == {n: b.dtype for n, b in reference.named_buffers()}
+    for (name, ours), (_, theirs) in zip(loaded.named_buffers(), reference.named_buffers(), strict=True):
+        assert torch.equal(ours, theirs), name
+    _assert_same_weights(SimpleNamespace(model=loaded), reference)

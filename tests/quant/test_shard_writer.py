@@ -4,13 +4,13 @@ import hashlib
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file, save_model
 
 from quant.arch import decoder_layers
 from quant.config import QuantConfig
 from quant.export import ModelWriter, save_quantized
 from quant.pipeline import quantize
-from quant.shard_writer import ShardWriter
+from quant.shard_writer import ShardWriter, save_module_tensors
 from tiny_models import build_tiny_llama
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Question: is the sky blue? Answer: yes"]
@@ -114,3 +114,15 @@ def test_abort_leaves_nothing(tmp_path, tiny_tokenizer):
     writer.write(model, "model.embed_tokens")
     writer.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_module_saved_tensor_by_tensor_holds_save_model_s_tensors(tmp_path, tied):
+    model = build_tiny_llama("llama3", tie_word_embeddings=tied, num_layers=2)
+    save_model(model, str(tmp_path / "reference.safetensors"))
+    save_module_tensors(model, tmp_path / "streamed.safetensors")
+    reference, streamed = load_file(tmp_path / "reference.safetensors"), load_file(tmp_path / "streamed.safetensors")
+    assert sorted(streamed) == sorted(reference)
+    assert ("model.embed_tokens.weight" in streamed) is not tied  # a tied pair once, as save_model names it
+    for name, tensor in reference.items():
+        assert torch.equal(streamed[name], tensor), name

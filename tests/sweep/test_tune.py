@@ -17,11 +17,14 @@ from mlflow.tracking import MlflowClient
 from planted import PLANTED, write_planted_inputs
 
 from eval.noninferiority import paired_scores
+from quant.model_io import load_model
 from sweep.compose import compose_tool_config
 from sweep.tune import main
 from sweep.tune_search import Candidate, search
+from sweep.tune_targets import BoolQTarget
 from sweep.workbench import Setting, Workbench
 from sweep_helpers import subprocess_env
+from tiny_data import write_self_labelled_boolq, write_tiny_boolq
 
 RUNGS = [20, 40, 80]
 
@@ -79,6 +82,7 @@ def planted(tmp_path, mlflow_template) -> list[str]:
         *overrides,
         "tokens.n_blocks=80",
         "rungs=[20,40,80]",
+        f"boolq.data_path={write_tiny_boolq(tmp_path / 'tiny-boolq.jsonl')}",  # 8 rows: too few for a boolq_acc tune
         "target.margin=0.0002",
         "space.anti_method=[none]",
         "space.act_method=[1,3]",
@@ -183,10 +187,39 @@ def test_a_killed_tune_resumes_without_repeating_finished_evaluations(planted, c
         ("target.metric=bleu", "target.metric: invalid value 'bleu'; valid values: kl, nll"),
         ("rungs=[20,40]", "rungs: invalid value [20, 40]; valid values: the last rung must be the full set"),
         ("ranking=random", "ranking: invalid value 'random'; valid values: sqnr, kl"),
-        ("rungs=[10,80]", "rungs: invalid value [10, 80]; valid values: a first rung of at least 20 blocks"),
+        ("rungs=[10,80]", "rungs: invalid value [10, 80]; valid values: a first rung of at least 20 units"),
+        ("target.metric=boolq_acc", "rungs: invalid value 80; valid values: a last rung of at most the 8 rows of"),
     ],
 )
 def test_bad_input_is_one_line(planted, override, message, capsys):
     assert main([*planted, override]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"sweep.tune: error: {message}")
+
+
+def test_boolq_target_races_on_rows_and_keeps_the_planted_linear_float(planted, tmp_path, capsys):
+    data = write_self_labelled_boolq(tmp_path / "boolq.jsonl", tmp_path / "model", n=80)  # float: 1.0
+    assert main([*planted, "target.metric=boolq_acc", f"boolq.data_path={data}", "target.margin=0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "rung (examples)" in out and "examples evaluated" in out and "tango-score" in out
+    client = _client(planted)
+    winner = client.get_run(client.get_model_version_by_alias("llama-quant", "champion").run_id)
+    recipe = json.loads(Path(client.download_artifacts(winner.info.run_id, "recipe.json", str(tmp_path))).read_text())
+    assert PLANTED in recipe["disable_names"]
+    evaluations = _evaluations(client)
+    assert len(evaluations) == len(set(evaluations)) and {units for _, units in evaluations} <= {20, 40, 80}
+
+
+def test_boolq_target_scores_any_row_range_as_the_whole_file_does(planted, tmp_path):
+    loaded = load_model(str(tmp_path / "model"))
+    data = write_self_labelled_boolq(tmp_path / "boolq.jsonl", tmp_path / "model", n=24)
+    target = BoolQTarget(loaded.model, loaded.tokenizer, data, 24, batch_size=4)
+    whole = target.scores(loaded.model, range(24))
+    assert whole.tolist() == [1.0] * 24  # the rows carry this model's own answers
+    parts = [target.scores(loaded.model, range(0, 10)), target.scores(loaded.model, range(10, 24))]
+    assert np.concatenate(parts).tolist() == whole.tolist()
+    verdict = target.verdict(whole[:20], margin=0.2, alpha=0.05)
+    assert verdict.n == 20 and verdict.drop == 0 and verdict.status == "pass"
+    flipped = whole.copy()
+    flipped[:6] = 0.0  # six rows only float gets right
+    assert target.verdict(flipped, margin=0.05, alpha=0.05).drop == 6 / 24
