@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel
 
 from quant.device import resolve_device
 from quant.errors import QuantInputError
@@ -108,7 +108,10 @@ def load_model(
         from quant.checkpoint import read_whole_model  # quant.checkpoint imports this module
 
         model = read_whole_model(model_path, device_type, trust_remote_code).model
-        model.config._name_or_path = source.directory  # as from_pretrained records it
+        # What from_pretrained records in the config (the saved config.json carries it); its
+        # quantizer object is not attached: the weights are plain float tensors.
+        model.config._name_or_path = source.directory
+        model.config.quantization_config = GgufConfig(gguf_file=source.gguf_file)
     else:
         kwargs["use_safetensors"] = None if allow_pickle else True
         model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
