@@ -14,9 +14,6 @@ the model.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import json
 import os
 import subprocess
@@ -25,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BOOLQ_CALIB, REPO_ROOT, SMOLLM2, Figure, write_result
+from quant.progress import release_free_heap
 
 MIB = 2**20
 
@@ -35,13 +33,6 @@ def status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
-
-
-def release_free_heap() -> None:
-    """Collect garbage and hand freed malloc arenas back to the OS (glibc keeps them otherwise)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def reset_peak_rss() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from eval.data import sha256_json
-from quant.reload import find_description, read_tensors
+from quant.reload import find_description, iter_saved_tensors
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
@@ -58,7 +58,7 @@ def check_model_matches_saved(model: torch.nn.Module, directory: str | Path) -> 
     """
     directory = Path(directory)
     quant_type = json.loads(find_description(directory).read_text())["model_quant_type"]
-    saved = tensor_digests(read_tensors(directory, quant_type))
+    saved = {name: tensor_sha256(tensor) for name, tensor in iter_saved_tensors(directory, quant_type)}
     live = tensor_digests(model.state_dict())
     if saved != live:
         missing = sorted(saved.keys() - live.keys())[:5]

@@ -9,6 +9,8 @@ calibration batches); both are plain iterations when bars are off.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import resource
 import sys
 from collections import Counter
@@ -89,6 +91,14 @@ def float_layers_summary(float_layers: Mapping[str, str], report_file: str | Non
     parts = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
     where = f"; the full list is in {report_file}" if report_file else ""
     return f"{len(float_layers)} linears kept in float ({parts}){where}"
+
+
+def release_free_heap() -> None:
+    """Collect garbage and hand freed malloc arenas back to the OS: glibc keeps them otherwise, so a
+    stage's freed transients (an evaluation's logits) would stay resident under the next one's."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def peak_rss_bytes() -> int:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
 
@@ -40,19 +41,34 @@ def find_description(directory: Path) -> Path:
     return candidates[0]
 
 
-def read_tensors(directory: Path, quant_type: str) -> dict[str, torch.Tensor]:
-    """All saved tensors, from one file or from the shards an index JSON lists."""
+def saved_weight_files(directory: Path, quant_type: str) -> list[Path]:
+    """The saved weight file, or the shards its index JSON lists."""
     single = directory / f"quant_model_weight_{quant_type.lower()}.safetensors"
     index = directory / f"{single.name}.index.json"
     if index.is_file():
-        shard_names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        tensors: dict[str, torch.Tensor] = {}
-        for shard in shard_names:
-            tensors.update(load_file(str(directory / shard)))
-        return tensors
+        return [directory / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
     if not single.is_file():
         raise QuantInputError("save_directory", f"{directory} has no {single.name}")
-    return load_file(str(single))
+    return [single]
+
+
+def read_tensors(directory: Path, quant_type: str) -> dict[str, torch.Tensor]:
+    """All saved tensors, from one file or from the shards an index JSON lists."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path in saved_weight_files(directory, quant_type):
+        tensors.update(load_file(str(path)))
+    return tensors
+
+
+def iter_saved_tensors(directory: Path, quant_type: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each saved tensor in turn, read alone: the file is opened per tensor, so its memory mapping
+    (whose touched pages count as resident) never holds more than that tensor."""
+    for path in saved_weight_files(directory, quant_type):
+        with safe_open(str(path), framework="pt") as handle:
+            names = list(handle.keys())
+        for name in names:
+            with safe_open(str(path), framework="pt") as handle:
+                yield name, handle.get_tensor(name)
 
 
 def materialize_meta(model: torch.nn.Module) -> None:

@@ -253,9 +253,11 @@ def run_job(
 
 
 def _note_peak(metrics: dict[str, float], stage: str) -> None:
-    """``peak_rss_after_<stage>_bytes``: the process's peak RSS when ``stage`` ended. The peak only
-    grows, so the first stage whose figure jumps is where the job's memory peaked."""
+    """``peak_rss_after_<stage>_bytes``: the process's peak RSS when ``stage`` ended (the peak only
+    grows, so the first stage whose figure jumps is where the job's memory peaked); then the
+    stage's freed memory goes back to the OS, so it does not stay resident under the next stage."""
     metrics[f"peak_rss_after_{stage}_bytes"] = float(progress.peak_rss_bytes())
+    progress.release_free_heap()
 
 
 def _log_sqnr_plot(rows: list[dict[str, Any]], directory: Path) -> None:
