@@ -55,10 +55,11 @@ class _Shard:
     nbytes: int = 0
 
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """The raw little-endian bytes of ``tensor`` as safetensors stores them."""
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of ``tensor`` as safetensors stores them, as a view of its memory
+    (a CPU tensor is not copied: a 4 GB embedding table is written without a second 4 GB)."""
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)  # (numel,)
-    return flat.view(torch.uint8).numpy().tobytes()
+    return memoryview(flat.view(torch.uint8).numpy())
 
 
 def safetensors_header(entries: list[_Entry]) -> bytes:
