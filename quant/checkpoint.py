@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -178,21 +178,19 @@ def load_module(
     reader: CheckpointReader,
     dtype: torch.dtype,
     device: torch.device | str = "cpu",
-    skip: Collection[str] = (),
 ) -> nn.Module:
     """Read the parameters of the submodule ``prefix`` (e.g. ``model.layers.3``; "" for the whole
-    model) into it, except the full names in ``skip``; return it.
+    model) into it; return it.
 
     Each tensor is read, cast to ``dtype`` and moved to ``device`` alone, replacing the ``meta``
-    parameter (ties between modules are not kept: each module gets its own tensors).
+    parameter (ties between modules are not kept: each module gets its own tensors; a parameter
+    tied within ``prefix`` is read once, under its first name).
     """
     module = model.get_submodule(prefix)
-    for name, param in list(module.named_parameters(recurse=True, remove_duplicate=False)):
+    for name, param in list(module.named_parameters(recurse=True)):
         owner_path, _, leaf = name.rpartition(".")
         owner = module.get_submodule(owner_path) if owner_path else module
         full = f"{prefix}.{name}" if prefix else name
-        if full in skip:
-            continue
         # copy=True: a safetensors tensor may alias the file's mapping, which in-place transforms would change
         value = reader.read(tied_source(model, full)).to(device=device, dtype=dtype, copy=True)
         owner._parameters[leaf] = nn.Parameter(value, requires_grad=param.requires_grad)
@@ -205,8 +203,9 @@ def read_whole_model(model_path: str, device_type: str = "cpu", trust_remote_cod
     beside the model while loading a GGUF file (the load's peak then is the model plus one tensor)."""
     streamed = open_model(model_path, device_type, trust_remote_code)
     model = streamed.model
-    tied = set(model.get_expanded_tied_weights_keys(all_submodels=True))  # targets, e.g. lm_head.weight
-    load_module(model, "", streamed.reader, streamed.dtype, resolve_device(device_type), skip=tied)
+    # The skeleton's tied lm_head shares the embedding's parameter, so it is read once, into the
+    # embedding only; tie_weights points lm_head at the loaded table again.
+    load_module(model, "", streamed.reader, streamed.dtype, resolve_device(device_type))
     model.tie_weights()
     streamed.blank = None
     return streamed

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from quant.device import resolve_device
 from quant.errors import QuantInputError
@@ -108,16 +108,25 @@ def load_model(
         from quant.checkpoint import read_whole_model  # quant.checkpoint imports this module
 
         model = read_whole_model(model_path, device_type, trust_remote_code).model
-        # What from_pretrained records in the config (the saved config.json carries it); its
-        # quantizer object is not attached: the weights are plain float tensors.
-        model.config._name_or_path = source.directory
-        model.config.quantization_config = GgufConfig(gguf_file=source.gguf_file)
+        _record_gguf_origin(model, source)
     else:
         kwargs["use_safetensors"] = None if allow_pickle else True
         model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     model = model.to(device).eval()
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, tokenizer_args=tokenizer_args)
     return LoadedModel(model, tokenizer, source.location, original_dtype)
+
+
+def _record_gguf_origin(model: PreTrainedModel, source: ModelSource) -> None:
+    """What ``from_pretrained`` records in a GGUF-loaded model's config (the saved config.json
+    carries it): its directory and, where transformers has a ``GgufConfig``, one naming the file.
+    Its quantizer object is not attached: the weights are plain float tensors."""
+    model.config._name_or_path = source.directory
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # an older transformers without it: nothing more to record
+        return
+    model.config.quantization_config = GgufConfig(gguf_file=source.gguf_file)
 
 
 def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
