@@ -1,5 +1,5 @@
 """Quantization speed: W8A8-m1 quantize time of SmolLM2-135M vs one float forward over the same
-calibration data (issue 9, item 2; goal ≤ 1.3).
+calibration data (issue 15, item 2: ≤ 2.0 float passes; issue 9 had asked ≤ 1.3).
 
 Each repetition times, on a fresh copy of the float model, one full forward pass over the tokenized
 calibration batches and the ``quantize`` call (SmoothQuant m1, act_method 1, the reference's 50
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import BOOLQ_CALIB, SMOLLM2, Figure, ratios, timed, write_result
-from quant.calib_data import Batch, calibration_batches
+from quant.calib_data import Batch, anti_outlier_batches, calibration_batches
 from quant.config import QuantConfig
 from quant.model_io import load_model
 from quant.pipeline import quantize
@@ -43,6 +43,7 @@ def main() -> None:
     loaded = load_model(args.model)
     cfg = QuantConfig(calib_file=args.calib_file, anti_method="m1", act_method=1)
     batches = calibration_batches(loaded.tokenizer, cfg, "cpu")
+    anti_tokens = sum(int(b["input_ids"].numel()) for b in anti_outlier_batches(loaded.tokenizer, cfg, "cpu", batches))
     forward_s, quantize_s, stages = [], [], []
     for i in range(args.repeats):
         model = copy.deepcopy(loaded.model)
@@ -56,7 +57,7 @@ def main() -> None:
 
     stage_median = {k: statistics.median(t[k] for t in stages) for k in stages[0]}
     figures = [
-        Figure("W8A8-m1 quantize time / one float forward", ratios(quantize_s, forward_s), goal=1.3),
+        Figure("W8A8-m1 quantize time / one float forward", ratios(quantize_s, forward_s), goal=2.0),
         Figure("quantize time", quantize_s, unit="s"),
         Figure("one float forward over the calibration data", forward_s, unit="s"),
     ]
@@ -68,31 +69,34 @@ def main() -> None:
     write_result(
         "quantize_speed",
         "Quantization speed: W8A8-m1 quantize vs one float forward",
-        {"model": SMOLLM2.name, "calib_texts": len(batches), "calib_tokens": tokens, "repeats": args.repeats},
+        {
+            "model": SMOLLM2.name,
+            "calib_texts": len(batches),
+            "calib_tokens": tokens,
+            "anti_outlier_tokens": anti_tokens,
+            "repeats": args.repeats,
+        },
         figures,
-        notes=_notes(stage_median, statistics.median(forward_s)),
+        notes=_notes(stage_median, statistics.median(forward_s), tokens, anti_tokens),
         extra_markdown="\n".join(breakdown) + "\n",
         raw={"forward_s": forward_s, "quantize_s": quantize_s, "stages": stages},
     )
 
 
-def _notes(stage_median: dict[str, Any], forward: float) -> list[str]:
-    """Where the quantize time goes, in units of one float forward."""
+def _notes(stage_median: dict[str, Any], forward: float, tokens: int, anti_tokens: int) -> list[str]:
+    """Where the quantize time goes, in units of one float forward, and why."""
     passes = {k: v / forward for k, v in stage_median.items() if v / forward >= 0.05}
     text = ", ".join(f"{k} {v:.2f}" for k, v in sorted(passes.items(), key=lambda kv: -kv[1]))
-    return [f"Stages in units of one float forward (≥ 0.05 shown): {text}.", WHY_NOT_FASTER]
-
-
-WHY_NOT_FASTER = (
-    "Why the goal is not met: the recipe needs one pass of the float model over the calibration data for "
-    "the anti-outlier statistics (observe_s, about 1 forward), range_param on 5 batches after smoothing ("
-    "0.2), and calibration layer by layer on the fake-quantized model (SPEC §4). Calibration runs each de"
-    "coder layer twice (its linears' inputs observed with the layer's weights quantized, then the layer r"
-    "un fully quantized to make the next layer's inputs) and computes every quantized linear's float outp"
-    "ut for the SQNR report: about 2.5 forwards. Under these semantics the floor is about 2 forwards (one"
-    " statistics pass, one sequential calibration pass); getting there needs calibration staged sub-block"
-    " by sub-block with cached activations and SQNR measured on a subset of batches."
-)
+    why = (
+        "Where it goes: observe_s is one float pass of the decoder layers (not lm_head) over the "
+        f"anti-outlier data ({anti_tokens} token positions; without anti_calib_file that is the "
+        f"calibration set's {tokens}) with per-channel statistics gathered on every linear's input; "
+        "calibrate_s is the one running calibration pass, decoder layer by decoder layer (SPEC §4), "
+        "with fake-quantized activations and the SQNR's float reference on 64 output channels per "
+        "linear; range_param_s observes 5 batches after smoothing. The float forward it is measured "
+        "against also runs lm_head (a 49152-word vocabulary, about a fifth of SmolLM2's matmul work)."
+    )
+    return [f"Stages in units of one float forward (≥ 0.05 shown): {text}.", why]
 
 
 if __name__ == "__main__":

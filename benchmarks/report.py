@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, RESULTS, machine
+from benchmarks.common import REPO_ROOT, RESULTS
 
 ORDER = ("sweep_economy", "quantize_speed", "memory", "eval_overhead", "vs_llm_compressor", "scaling")
 REPORT_MD = RESULTS / "REPORT.md"
@@ -54,8 +54,7 @@ def build_report(results: list[dict[str, Any]], missing: list[str]) -> str:
     lines = [
         "# Benchmark report",
         "",
-        f"Machine: {results[0]['machine'] if results else machine()}. Commit {git_commit()}. "
-        "Each benchmark's date is in its section; "
+        f"Commit {git_commit()}. Each benchmark's date and machine are in its section; "
         'regenerate with `python -m benchmarks` (README, "Benchmarks").',
         "",
         "Absolute times on a shared 2-core machine are noise; the figures that count are ratios measured "
@@ -69,7 +68,7 @@ def build_report(results: list[dict[str, Any]], missing: list[str]) -> str:
         lines += [f"Not measured in this report: {', '.join(missing)}.", ""]
     for r in results:
         section = (RESULTS / f"{r['benchmark']}.md").read_text(encoding="utf-8")
-        lines += [section.rstrip("\n"), "", f"_Measured {r['date']}._", ""]
+        lines += [section.rstrip("\n"), "", f"_Measured {r['date']} on {r['machine']}._", ""]
     return "\n".join(lines)
 
 
