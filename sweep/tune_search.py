@@ -7,7 +7,12 @@ rung's units, then the next rung's (a superset), and so on; it stops at the firs
 gate decides: ``fail`` drops it, ``pass`` counts as a provisional pass. Undecided on the full set
 is not a pass. Candidates are preferred by fewest float linears (the most compressed), so once a
 setting passes with n float linears, the others only search n or fewer: a candidate with more
-cannot beat the current best. The provisional winner (fewest float linears; among equals the
+cannot beat the current best.
+
+Every setting's all-quantized probe (no float linear) is raced first: the SQNR ranking needs that
+model anyway, a pass there ends the search for everything else, and its drop orders the settings
+for the bisections, most promising first, so that the first passing setting bounds the others'
+searches as early as possible. The provisional winner (fewest float linears; among equals the
 best metric) is confirmed on the full set; if it fails there, the next one is confirmed, and a
 setting whose probe failed confirmation moves up by one float linear.
 """
@@ -69,11 +74,13 @@ def race(judge: Judge, candidate: Candidate, rungs: Sequence[int], to_full: bool
 
 
 def smallest_passing(
-    judge: Judge, setting: Setting, hi: int, rungs: Sequence[int], races: list[RaceResult]
+    judge: Judge, setting: Setting, lo: int, hi: int, rungs: Sequence[int], races: list[RaceResult]
 ) -> RaceResult | None:
-    """The passing probe with the fewest float linears in [0, hi] by bisection (passing assumed
+    """The passing probe with the fewest float linears in [lo, hi] by bisection (passing assumed
     monotone in the number of float linears), or None when even ``hi`` does not pass."""
-    lo, best = 0, None
+    if lo > hi:
+        return None
+    best = None
     while lo < hi:
         mid = (lo + hi) // 2
         result = race(judge, Candidate(setting, mid), rungs)
@@ -90,12 +97,16 @@ def smallest_passing(
 
 
 def search(judge: Judge, settings: Sequence[Setting], max_float: int, rungs: Sequence[int]) -> SearchOutcome:
-    """Bisection per setting (bounded by the best so far), then confirmation on the full set."""
+    """Every setting's all-quantized probe, then bisection per setting, most promising first
+    (bounded by the best so far), then confirmation on the full set."""
     outcome = SearchOutcome(None)
-    provisional: dict[Setting, RaceResult] = {}
-    bound = max_float
-    for setting in settings:
-        found = smallest_passing(judge, setting, bound, rungs, outcome.races)
+    screened = {setting: race(judge, Candidate(setting, 0), rungs) for setting in settings}
+    outcome.races.extend(screened.values())
+    provisional = {setting: r for setting, r in screened.items() if r.status == PASS}
+    bound = 0 if provisional else max_float
+    remaining = [setting for setting in settings if setting not in provisional]
+    for setting in sorted(remaining, key=lambda s: screened[s].verdict.drop):  # stable: ties keep order
+        found = smallest_passing(judge, setting, 1, bound, rungs, outcome.races)
         if found is not None:
             provisional[setting] = found
             bound = min(bound, found.candidate.n_float)

@@ -31,7 +31,8 @@ RUNGS = [20, 40, 80]
 
 class ScriptedJudge:
     """Per-block drops with a known mean per candidate: a setting needs ``needed[setting]`` float
-    linears to be within the margin; each extra one halves the drop."""
+    linears to be within the margin; each one missing adds a margin to the drop, each extra one
+    halves it."""
 
     def __init__(self, needed: dict[Setting, int], margin: float = 0.1):
         self.needed, self.margin = needed, margin
@@ -40,7 +41,7 @@ class ScriptedJudge:
     def verdict(self, candidate: Candidate, units: int):
         self.calls.append((candidate.key, units))
         gap = self.needed[candidate.setting] - candidate.n_float
-        mean = self.margin * (3.0 if gap > 0 else 0.2 / (1 - gap))
+        mean = self.margin * (2.0 + gap if gap > 0 else 0.2 / (1 - gap))
         noise = np.random.default_rng(abs(hash(candidate.key)) % 2**32).normal(0, 0.05, units)
         return paired_scores(np.zeros(units), mean + noise, self.margin, higher_is_better=False)
 
@@ -57,6 +58,25 @@ def test_bisection_finds_the_fewest_float_linears_and_stops_losers_at_the_first_
     # After b passes with 2, c is searched only up to 2 (a candidate with more float linears cannot win).
     assert all(int(key[-1]) <= 2 for key, _ in judge.calls if key.startswith("m1-act3"))
     assert len({key for key, _ in judge.calls}) < 3 * 6  # fewer candidates than the grid
+
+
+def test_every_all_quantized_probe_runs_first_and_orders_the_bisections():
+    a, b, c = Setting("none", 1), Setting("m1", 1), Setting("m1", 3)
+    judge = ScriptedJudge({a: 4, b: 3, c: 1})  # c is last in the space but closest to passing
+    outcome = search(judge, [a, b, c], max_float=5, rungs=RUNGS)
+    assert [key for key, _ in judge.calls[:3]] == ["none-act1-float0", "m1-act1-float0", "m1-act3-float0"]
+    assert judge.calls[3][0].startswith("m1-act3")  # the smallest all-quantized drop is searched first
+    assert outcome.winner.candidate == Candidate(c, 1)
+    # c's one float linear bounds the others: they are evaluated with at most one.
+    assert all(int(key[-1]) <= 1 for key, _ in judge.calls if not key.startswith("m1-act3"))
+
+
+def test_an_all_quantized_pass_ends_the_search():
+    a, b = Setting("none", 1), Setting("m1", 1)
+    judge = ScriptedJudge({a: 2, b: 0})
+    outcome = search(judge, [a, b], max_float=5, rungs=RUNGS)
+    assert outcome.winner.candidate == Candidate(b, 0)
+    assert {key for key, _ in judge.calls} == {"none-act1-float0", "m1-act1-float0"}
 
 
 def test_nothing_passes_when_every_setting_needs_more_than_max_float():
