@@ -2,8 +2,9 @@
 negative log-likelihood and KL(float ‖ model) of the next-token distributions.
 
 The token set is the start of a raw text file (WikiText-2's ``wiki.test.raw``) cut into
-``n_blocks`` non-overlapping blocks; each block is one unit of the non-inferiority gate (tokens
-of one block are correlated, blocks much less so). The float model's log-probabilities are
+``n_blocks`` non-overlapping blocks, optionally in a seeded random order
+(:func:`shuffled_blocks`); each block is one unit of the non-inferiority gate (tokens of one
+block are correlated, blocks much less so). The float model's log-probabilities are
 computed once (:class:`FloatReference`) and every candidate is scored against them.
 """
 
@@ -69,6 +70,27 @@ def token_blocks(
         "add_bos": add_bos,
     }
     return TokenBlocks(blocks, config)
+
+
+def check_shuffle_seed(seed: object) -> int | None:
+    """``tokens.shuffle_seed`` as given, or a one-line error: an integer, or None for the file's order."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise invalid_value("tokens.shuffle_seed", seed, "an integer, or null for the file's order")
+    return seed
+
+
+def shuffled_blocks(blocks: TokenBlocks, seed: int | None) -> TokenBlocks:
+    """``blocks`` in a seeded random order (``None``: as they are).
+
+    Nested prefixes of the result (the tune's rungs, the sensitivity's first blocks) are then
+    random subsets of the text, as a gate on a prefix assumes: the file's own order puts
+    neighbouring, similar passages together, so its first blocks need not resemble the rest.
+    """
+    if check_shuffle_seed(seed) is None:
+        return blocks
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(blocks.n_blocks, generator=generator)
+    return TokenBlocks(blocks.ids[order], {**blocks.config, "shuffle_seed": seed})
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.data import read_boolq_jsonl
 from eval.noninferiority import MIN_BOOTSTRAP_N, Verdict
+from eval.token_scores import check_shuffle_seed
 from quant.arch import LM_HEAD
 from quant.errors import QuantInputError, invalid_value
 from quant.pipeline import QuantResult
@@ -206,6 +207,7 @@ def check_config(cfg: DictConfig) -> tuple[list[Setting], list[int]]:
         raise invalid_value(
             "rungs", rungs, f"a first rung of at least {MIN_BOOTSTRAP_N} units (the gate decides nothing below)"
         )
+    check_shuffle_seed(cfg.tokens.get("shuffle_seed"))
     if metric in TOKEN_METRICS and rungs[-1] != int(cfg.tokens.n_blocks):
         raise invalid_value(
             "rungs", rungs, f"the last rung must be the full set, tokens.n_blocks = {int(cfg.tokens.n_blocks)}"

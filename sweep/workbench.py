@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from eval.token_scores import FloatReference, TokenBlocks, token_blocks
+from eval.token_scores import FloatReference, TokenBlocks, shuffled_blocks, token_blocks
 from quant.config import QuantConfig
 from quant.memo import MemoryMemo
 from quant.model_io import LoadedModel, load_model
@@ -60,6 +60,7 @@ class Workbench:
         blocks = token_blocks(
             loaded.tokenizer, str(tokens.data_path), block_size=int(tokens.block_size), n_blocks=int(tokens.n_blocks)
         )
+        blocks = shuffled_blocks(blocks, tokens.get("shuffle_seed"))
         reference = FloatReference(loaded.model, blocks, batch_size=int(tokens.get("batch_size", 8)))
         return cls(cfg, loaded, blocks, reference)
 

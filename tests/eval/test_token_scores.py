@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eval.perplexity import wikitext_perplexity
-from eval.token_scores import FloatReference, score_blocks, token_blocks
+from eval.token_scores import FloatReference, score_blocks, shuffled_blocks, token_blocks
 from quant.errors import QuantInputError
 
 
@@ -60,3 +60,16 @@ def test_bad_token_set_is_refused(tiny_tokenizer, long_text, tmp_path):
         token_blocks(tiny_tokenizer, long_text, block_size=1)
     with pytest.raises(QuantInputError, match="^data_path: no such file"):
         token_blocks(tiny_tokenizer, tmp_path / "nope.raw")
+
+
+def test_shuffled_blocks_are_a_seeded_permutation_of_the_file_order(tiny_tokenizer, long_text):
+    blocks = token_blocks(tiny_tokenizer, long_text, block_size=32, n_blocks=12, add_bos=False)
+    assert shuffled_blocks(blocks, None) is blocks
+    first, again, other = (shuffled_blocks(blocks, seed) for seed in (0, 0, 1))
+    rows = sorted(map(tuple, blocks.ids.tolist()))
+    assert sorted(map(tuple, first.ids.tolist())) == rows  # the same blocks, each once
+    assert torch.equal(first.ids, again.ids)  # the seed fixes the order
+    assert not torch.equal(first.ids, blocks.ids) and not torch.equal(first.ids, other.ids)
+    assert first.config == {**blocks.config, "shuffle_seed": 0}
+    with pytest.raises(QuantInputError, match="^tokens.shuffle_seed: invalid value 'x'"):
+        shuffled_blocks(blocks, "x")
