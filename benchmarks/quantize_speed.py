@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import BOOLQ_CALIB, SMOLLM2, Figure, ratios, timed, write_result
-from quant.calib_data import Batch, anti_outlier_batches, calibration_batches
+from quant.calib_data import Batch, anti_outlier_batches, batch_tokens, calibration_batches
 from quant.config import QuantConfig
 from quant.model_io import load_model
 from quant.pipeline import quantize
@@ -43,7 +43,7 @@ def main() -> None:
     loaded = load_model(args.model)
     cfg = QuantConfig(calib_file=args.calib_file, anti_method="m1", act_method=1)
     batches = calibration_batches(loaded.tokenizer, cfg, "cpu")
-    anti_tokens = sum(int(b["input_ids"].numel()) for b in anti_outlier_batches(loaded.tokenizer, cfg, "cpu", batches))
+    anti_tokens = batch_tokens(anti_outlier_batches(loaded.tokenizer, cfg, "cpu", batches))
     forward_s, quantize_s, stages = [], [], []
     for i in range(args.repeats):
         model = copy.deepcopy(loaded.model)
@@ -61,7 +61,7 @@ def main() -> None:
         Figure("quantize time", quantize_s, unit="s"),
         Figure("one float forward over the calibration data", forward_s, unit="s"),
     ]
-    tokens = sum(int(b["input_ids"].numel()) for b in batches)
+    tokens = batch_tokens(batches)
     breakdown = ["| quantize stage | median s | share of quantize |", "|---|---:|---:|"]
     total = statistics.median(quantize_s)
     for stage, seconds in sorted(stage_median.items(), key=lambda kv: -kv[1]):

@@ -35,7 +35,7 @@ import torch
 
 from benchmarks.common import BOOLQ_CALIB, DATA, RESULTS, SMOLLM2, WIKITEXT, Figure, write_result
 from eval.perplexity import wikitext_perplexity
-from quant.calib_data import read_calib_texts, tokenize_texts
+from quant.calib_data import batch_tokens, read_calib_texts, tokenize_texts
 from quant.config import QuantConfig
 from quant.memo import NO_MEMO, Preset
 from quant.model_io import LoadedModel, load_model, resolve_model_source
@@ -266,7 +266,7 @@ def summarize(float_ppl: float, seconds: Seconds, ppls: Ppls, batches: list, arg
             "model": str(MODEL.relative_to(DATA)),
             "calib_file": str(CALIB.relative_to(DATA)),
             "calib_texts": len(batches),
-            "calib_tokens": sum(int(b["input_ids"].numel()) for b in batches),
+            "calib_tokens": batch_tokens(batches),
             "max_seq_length": max(int(b["input_ids"].shape[1]) for b in batches),
             "wikitext": str(WIKITEXT.relative_to(DATA)),
             "ppl_tokens": args.ppl_tokens,

@@ -241,6 +241,11 @@ def anti_outlier_batches(
     )
 
 
+def batch_tokens(batches: Sequence[Batch]) -> int:
+    """Token positions in ``batches`` (padding included: what the model runs over)."""
+    return sum(int(batch["input_ids"].numel()) for batch in batches)
+
+
 def batches_digest(batches: Sequence[Batch]) -> str:
     """Hash of the token batches exactly as the model sees them (keys, shapes, dtypes, values)."""
     digest = hashlib.sha256()

@@ -28,7 +28,7 @@ from torch import nn
 from quant.anti_outlier import AntiOutlierReport
 from quant.arch import LM_HEAD, get_module, linear_names
 from quant.attention_quant import AttentionQuantCalibrator, use_quantized_attention
-from quant.calib_data import Batch, anti_outlier_batches, batches_digest, calibration_batches
+from quant.calib_data import Batch, anti_outlier_batches, batch_tokens, batches_digest, calibration_batches
 from quant.config import QuantConfig
 from quant.export import LAYER_REPORT_FILE
 from quant.fallback import choose_float_layers
@@ -243,6 +243,6 @@ def quantize(model: nn.Module, tokenizer: Any, cfg: QuantConfig, memo: Memo = NO
         anti_outlier=anti_report,
         timings=timings,
         calib_batches=len(batches),
-        calib_tokens=sum(int(b["input_ids"].numel()) for b in batches),
+        calib_tokens=batch_tokens(batches),
         scheme_reports=scheme_reports,
     )

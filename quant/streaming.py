@@ -58,7 +58,7 @@ from quant.arch import (
     relative_name,
 )
 from quant.attention_quant import AttentionQuantCalibrator, use_quantized_attention
-from quant.calib_data import Batch, anti_outlier_batches, calibration_batches
+from quant.calib_data import Batch, anti_outlier_batches, batch_tokens, calibration_batches
 from quant.checkpoint import StreamedModel, release_module
 from quant.config import QuantConfig
 from quant.export import LAYER_REPORT_FILE, ModelWriter
@@ -396,7 +396,7 @@ def quantize_layerwise(
         anti_outlier=walk.report,
         timings=timings,
         calib_batches=len(batches),
-        calib_tokens=sum(int(b["input_ids"].numel()) for b in batches),
+        calib_tokens=batch_tokens(batches),
         scheme_reports=scheme_reports,
     )
     return result

@@ -37,10 +37,15 @@ class TinyInputs:
     def uri(self) -> str:
         return f"sqlite:///{self.db}"
 
+    @property
+    def artifacts(self) -> Path:
+        """Where the store's runs keep their artifacts (an experiment's artifact location)."""
+        return self.root / "artifacts"
+
     def sweep_args(self, local_store: bool = True) -> list[str]:
         """Overrides that point the app at the tiny inputs and keep every output under ``root``
         (the MLflow store too, unless ``local_store`` is false: then the caller chooses it)."""
-        store = [f"tracking.tracking_uri={self.uri}", f"tracking.artifact_root={self.root}/artifacts"]
+        store = [f"tracking.tracking_uri={self.uri}", f"tracking.artifact_root={self.artifacts}"]
         return [
             f"model.path={self.model_dir}",
             f"calib.calib_file={self.calib}",
@@ -59,7 +64,7 @@ class TinyInputs:
 
     def tool_args(self) -> list[str]:
         """Overrides of ``sweep.select`` / ``sweep.regress`` for the same store."""
-        return [f"tracking.tracking_uri={self.uri}", f"tracking.artifact_root={self.root}/artifacts"]
+        return [f"tracking.tracking_uri={self.uri}", f"tracking.artifact_root={self.artifacts}"]
 
 
 def make_tiny_inputs(root: Path) -> TinyInputs:

@@ -20,7 +20,7 @@ def test_analysis_notebook_executes_on_a_small_experiment(sweep8, tmp_path, monk
     # Two recorded regression checks of a recipe (the second a regression) in their own experiment.
     checks = "notebook-regress"
     champion, dropped = [True] * 180 + [False] * 20, [True] * 150 + [False] * 50
-    artifacts = f"{sweep8.inputs.root}/artifacts"
+    artifacts = str(sweep8.inputs.artifacts)
     record_check(fake_check(champion, champion), sweep8.inputs.uri, checks, artifacts, fake_origin("aaaaaaaa", "2.5.1"))
     record_check(fake_check(champion, dropped), sweep8.inputs.uri, checks, artifacts, fake_origin("bbbbbbbb", "2.6.0"))
     monkeypatch.setenv("REGRESS_EXPERIMENT", checks)

@@ -123,7 +123,7 @@ def test_named_grids_compose_to_the_declared_number_of_jobs(grid, extra, jobs):
 
 def test_tracked_run_marks_an_interrupted_job_killed(tiny_inputs):
     mlflow.set_tracking_uri(tiny_inputs.uri)
-    experiment_id = mlflow.create_experiment("e", artifact_location=(tiny_inputs.root / "artifacts").as_uri())
+    experiment_id = mlflow.create_experiment("e", artifact_location=tiny_inputs.artifacts.as_uri())
     with pytest.raises(KeyboardInterrupt), tracked_run(experiment_id, "interrupted") as run:
         raise KeyboardInterrupt("signal 15")
     finished = MlflowClient(tiny_inputs.uri).get_run(run.info.run_id)
@@ -135,7 +135,7 @@ def test_reap_marks_only_runs_of_dead_processes_on_this_host_killed(tiny_inputs)
     """Any role, any sweep: a RUNNING run whose owner (this host) is gone, or whose pid now belongs
     to another process (start time differs), is KILLED; live and other hosts' runs are left alone."""
     client = MlflowClient(tiny_inputs.uri)
-    experiment_id = client.create_experiment("e", artifact_location=(tiny_inputs.root / "artifacts").as_uri())
+    experiment_id = client.create_experiment("e", artifact_location=tiny_inputs.artifacts.as_uri())
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = dead.stdout.strip()
 
@@ -183,7 +183,7 @@ def test_leftovers_of_a_killed_run_go_and_other_files_stay(tiny_inputs):
     """A reaped run's own output (a recipe written after it started) and export temporaries are
     removed; a directory with another tool's files, or an output a FINISHED run owns, is kept."""
     client = MlflowClient(tiny_inputs.uri)
-    experiment_id = client.create_experiment("e", artifact_location=(tiny_inputs.root / "artifacts").as_uri())
+    experiment_id = client.create_experiment("e", artifact_location=tiny_inputs.artifacts.as_uri())
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
 
     def killed_run_writing(directory: Path, recipe: bool) -> str:

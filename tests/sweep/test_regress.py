@@ -29,7 +29,7 @@ def _log_result_run(client, experiment_id, name: str, correct: list[bool]) -> st
 def constructed(tiny_inputs):
     """A champion registered from a run with 8/10 right, and candidate runs."""
     client = MlflowClient(tiny_inputs.uri)
-    experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(tiny_inputs.root / "artifacts").as_uri())
+    experiment_id = client.create_experiment(EXPERIMENT, artifact_location=tiny_inputs.artifacts.as_uri())
     ids = {
         "champion": _log_result_run(client, experiment_id, "champion", BASELINE),
         "dropped": _log_result_run(client, experiment_id, "dropped", DROPPED),

@@ -21,7 +21,7 @@ T0 = 1_780_000_000_000  # 2026-05-28
 
 
 def test_history_orders_checks_and_marks_the_regression(tiny_inputs, tmp_path, capsys):
-    uri, root = tiny_inputs.uri, f"{tiny_inputs.root}/artifacts"
+    uri, root = tiny_inputs.uri, str(tiny_inputs.artifacts)
     dropped = [True] * 150 + [False] * 50  # 30 of the champion's right answers lost: drop 0.15
     # Recorded out of order: the history sorts by date, not by when a check was logged.
     record_check(

@@ -167,7 +167,7 @@ def _log_job(
 @pytest.fixture()
 def constructed(tiny_inputs):
     client = MlflowClient(tiny_inputs.uri)
-    experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(tiny_inputs.root / "artifacts").as_uri())
+    experiment_id = client.create_experiment(EXPERIMENT, artifact_location=tiny_inputs.artifacts.as_uri())
     root = tiny_inputs.root / "saved"
     ids = {
         "drop-shown": _log_job(client, experiment_id, root, "drop-shown", 140, 20, 0, 50),
